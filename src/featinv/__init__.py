@@ -1,0 +1,33 @@
+"""featinv: reconstruct input images from the intermediate features of deep networks."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("featinv")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "load_run", "evaluate_run", "train", "FeatureExtractor", "RunConfig"]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import featinv` stays cheap and submodules can import __version__ first.
+    if name in ("load_run", "evaluate_run"):
+        from . import evaluate
+
+        return getattr(evaluate, name)
+    if name == "train":
+        from .train import train
+
+        return train
+    if name == "FeatureExtractor":
+        from .backbones import FeatureExtractor
+
+        return FeatureExtractor
+    if name == "RunConfig":
+        from .config import RunConfig
+
+        return RunConfig
+    raise AttributeError(f"module 'featinv' has no attribute {name!r}")

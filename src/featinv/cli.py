@@ -1,0 +1,186 @@
+"""`featinv <command>`: parse arguments, call the package's functions. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .utils import FeatinvError
+
+log = logging.getLogger("featinv")
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a decoder from backbone features to images",
+        description="Train a decoder that maps frozen backbone features back to the [0,1] RGB image. "
+        "Flags override --config; unset flags keep the config file's (or the default) values.",
+    )
+    p.add_argument("--data", help="image folder (ImageFolder tree or flat, searched recursively)")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--val-data", help="separate validation folder (default: a hash split of --data)")
+    p.add_argument("--val-fraction", type=float, help="share of --data held out for validation (default 0.1)")
+    p.add_argument("--backbone", help="backbone name (default resnet50; see `featinv backbones`)")
+    p.add_argument("--weights", help="imagenet (default), random, or a path to a state-dict file")
+    p.add_argument("--layers", nargs="+", help="taps to decode from (default: layer1 layer2 layer3 layer4)")
+    p.add_argument("--decoder", help="decoder: pyramid (default) or seed (the original's baseline)")
+    p.add_argument("--width", type=int, help="pyramid decoder channels (default 128)")
+    p.add_argument("--epochs", type=int, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule after warm-up")
+    p.add_argument("--seed", type=int, help="seed for data order, crops and initial weights (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--max-images", type=int, help="use at most N training images (quick runs)")
+    p.add_argument("--no-augment", action="store_true", help="train on center crops (no random crop/flip)")
+    p.add_argument("--workers", type=int, help="data-loader workers (default: from the CPU count)")
+    p.add_argument("--num-save", type=int, help="validation pairs saved at the end (default 8)")
+    p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _build_config(args: argparse.Namespace):
+    from .config import RunConfig, load_config
+
+    run_cfg = Path(args.out) / "config.yaml"
+    if args.resume:
+        if not run_cfg.is_file():
+            raise FeatinvError(f"--resume: {args.out} holds no run to resume; drop --resume to start one.")
+        cfg = load_config(run_cfg)
+    elif args.config:
+        cfg = load_config(args.config)
+    else:
+        cfg = RunConfig()
+    overrides = {
+        ("data", "data"): args.data,
+        ("data", "val_data"): args.val_data,
+        ("data", "val_fraction"): args.val_fraction,
+        ("data", "max_images"): args.max_images,
+        ("data", "num_workers"): args.workers,
+        ("backbone", "name"): args.backbone,
+        ("backbone", "weights"): args.weights,
+        ("backbone", "layers"): args.layers,
+        ("decoder", "name"): args.decoder,
+        ("decoder", "width"): args.width,
+        ("train", "epochs"): args.epochs,
+        ("train", "batch_size"): args.batch_size,
+        ("train", "lr"): args.lr,
+        ("train", "schedule"): args.schedule,
+        ("train", "seed"): args.seed,
+        ("train", "device"): args.device,
+        ("train", "num_save"): args.num_save,
+    }
+    if args.no_augment:
+        overrides[("data", "augment")] = False
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(cfg, section), key, value)
+    # Paths are stored absolute so the run directory alone can find its data again.
+    for key in ("data", "val_data"):
+        value = getattr(cfg.data, key)
+        if value:
+            setattr(cfg.data, key, str(Path(value).expanduser().resolve()))
+    w = cfg.backbone.weights
+    if w not in ("imagenet", "random"):
+        cfg.backbone.weights = str(Path(w).expanduser().resolve())
+    # Without a flag the ResNet names stay the default; other backbones default to their own taps.
+    if args.backbone and not args.layers and not args.resume and not args.config:
+        from .backbones import get_spec
+
+        cfg.backbone.layers = get_spec(cfg.backbone.name).default_layers
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    train(_build_config(args), args.out, resume=args.resume)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run, load_run
+
+    run = load_run(args.run, device=args.device)
+    m = evaluate_run(run, data=args.data, out=args.out, num_save=args.num_save, batch_size=args.batch_size)
+    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
+    print(f"{m['n_images']} images: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  → {out}")
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from .evaluate import reconstruct_files
+
+    files = reconstruct_files(args.run, args.images, args.out)
+    print(f"wrote {len(files)} files to {args.out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="featinv",
+        description="Reconstruct images from the intermediate features of a frozen network, "
+        "and measure what each depth keeps (MSE, PSNR, SSIM).",
+    )
+    parser.add_argument("--version", action="version", version=f"featinv {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
+
+    p = sub.add_parser("evaluate", help="score a trained run on a folder of images",
+                       description="Reconstruct and score images with a run's decoder; writes metrics.json, "
+                       "per_image.csv and original/reconstruction pairs.")
+    p.add_argument("run", help="run directory written by `featinv train`")
+    p.add_argument("--data", help="image folder to score (default: the run's own validation split)")
+    p.add_argument("--out", help="output folder (default RUN/evaluation)")
+    p.add_argument("--num-save", type=int, default=8, help="pairs to save (default 8)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+
+    p = sub.add_parser("reconstruct", help="reconstruct given image files with a trained run",
+                       description="Center-crop each image as in training and write original_* and "
+                       "reconstruction_* PNGs.")
+    p.add_argument("run", help="run directory written by `featinv train`")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = sub.add_parser("demo", help="the whole pipeline on bundled sample photos (CPU, a few minutes)",
+                       description="Train a pyramid decoder on 9 bundled photos, evaluate on 3 held-out "
+                       "ones and reconstruct them. Falls back to random weights, loudly, when ImageNet "
+                       "weights are unavailable.")
+    p.add_argument("--out", default="featinv-demo", help="output folder (default ./featinv-demo)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reconstruct": cmd_reconstruct, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    try:
+        COMMANDS[args.command](args)
+    except FeatinvError as e:
+        print(f"featinv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featinv: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Configuration: one dataclass tree, saved as ``config.yaml`` in every run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .utils import FeatinvError, atomic_write_text
+
+DEFAULT_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+
+
+@dataclass
+class DataConfig:
+    data: str = ""  # image folder (ImageFolder tree or flat, searched recursively)
+    val_data: Optional[str] = None  # explicit validation folder; else a hash split of `data`
+    val_fraction: float = 0.1
+    image_size: int = 224  # crop size
+    resize: int = 256  # short side before cropping
+    augment: bool = True  # train: random crop + horizontal flip; val is always a center crop
+    max_images: Optional[int] = None  # cap on training images (after the split), for quick runs
+    num_workers: int = -1  # DataLoader workers; -1 picks from the CPU count
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"
+    weights: str = "imagenet"  # "imagenet", "random" or a path to a state-dict file
+    layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
+
+
+@dataclass
+class DecoderConfig:
+    name: str = "pyramid"
+    width: int = 128  # pyramid: channels of the top-down path
+
+
+@dataclass
+class LossConfig:
+    mse: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # "cosine" (with linear warm-up) or "constant"
+    warmup_epochs: float = 0.5
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_save: int = 8  # original/reconstruction pairs saved at the end
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    notes: list[str] = field(default_factory=list)  # free text carried into every output
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return _from_dict(cls, d, "")
+
+
+def _from_dict(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise FeatinvError(f"config section '{where or 'top'}' must be a mapping, got {d!r}.")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise FeatinvError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+            f"valid keys here: {', '.join(sorted(names))}."
+        )
+    kwargs = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(tp, value, where + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        tp = next(a for a in get_args(tp) if a is not type(None))
+        origin = get_origin(tp)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise FeatinvError(f"config key '{key}' must be a list, got {value!r}.")
+        return [str(v) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise FeatinvError(f"config key '{key}' must be true or false, got {value!r}.")
+        return value
+    try:
+        return tp(value)
+    except (TypeError, ValueError):
+        raise FeatinvError(f"config key '{key}' must be {tp.__name__}, got {value!r}.") from None
+
+
+def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: Union[str, Path]) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FeatinvError(f"config file {path} does not exist.")
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise FeatinvError(f"config file {path} is not valid YAML: {e}") from None
+    return RunConfig.from_dict(d)

@@ -1,0 +1,134 @@
+"""Decoders: ``forward(features: dict[str, Tensor]) -> B×3×S×S`` images in [0,1].
+
+Each decoder is built from the feature shapes it will receive (``{name: (C, H, W)}``) and the
+output size, so any subset of taps works. ``decoder.spec()`` is the plain dict that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .utils import FeatinvError
+
+Shapes = dict[str, tuple[int, int, int]]
+
+
+def _stages(image_size: int, size: int) -> int:
+    """How many ×2 up-samplings take ``size`` to about ``image_size``."""
+    return max(0, round(math.log2(image_size / size)))
+
+
+class SeedDecoder(nn.Module):
+    """The original project's ConvOnlyDecoder, kept as the baseline.
+
+    All selected maps are bilinearly resized to the coarsest map's size and concatenated on
+    channels, then ConvTranspose2d(k=4, s=2, p=1) stages with ReLU between and a Sigmoid last.
+    From 7×7 (any set that includes a stride-32 map) that is the original's five stages,
+    →512→256→128→64→3; a finer coarsest map uses the last stages of that list only.
+    """
+
+    def __init__(self, shapes: Shapes, image_size: int = 224, **_: Any) -> None:
+        super().__init__()
+        self.layers = list(shapes)
+        self.image_size = image_size
+        self.size = min(s[1] for s in shapes.values()), min(s[2] for s in shapes.values())
+        in_ch = sum(s[0] for s in shapes.values())
+        n = max(1, _stages(image_size, self.size[0]))
+        widths = ([512, 256, 128, 64] * 2)[-(n - 1) :] if n > 1 else []
+        chans = [in_ch, *widths, 3]
+        mods: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
+            mods.append(nn.ConvTranspose2d(a, b, kernel_size=4, stride=2, padding=1))
+            mods.append(nn.ReLU(inplace=True) if i < len(chans) - 2 else nn.Sigmoid())
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        maps = [
+            f if tuple(f.shape[-2:]) == self.size else F.interpolate(f, size=self.size, mode="bilinear", align_corners=False)
+            for f in (features[k] for k in self.layers)
+        ]
+        x = self.net(torch.cat(maps, dim=1))
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x
+
+
+def _conv_bn_relu(a: int, b: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True))
+
+
+class PyramidDecoder(nn.Module):
+    """Each map enters at its native resolution; a top-down path fuses them coarse to fine.
+
+    A 1×1 projection (with batch norm, which tames the very different scales of backbone
+    stages) brings every map to ``width`` channels. Starting from the coarsest, the path
+    up-samples to the next finer map's size, adds it, and refines with a 3×3 conv. From the
+    finest map, ×2 stages (bilinear up-sampling then a 3×3 conv, halving channels) reach the
+    image size; a 3×3 conv and a Sigmoid give RGB in [0,1].
+    """
+
+    def __init__(self, shapes: Shapes, image_size: int = 224, width: int = 128, **_: Any) -> None:
+        super().__init__()
+        if width < 8:
+            raise FeatinvError(f"decoder width must be at least 8, got {width}.")
+        self.image_size = image_size
+        # Coarse to fine; ties keep the caller's order.
+        self.order = sorted(shapes, key=lambda k: shapes[k][1])
+        self.lateral = nn.ModuleDict(
+            {k: nn.Sequential(nn.Conv2d(shapes[k][0], width, 1, bias=False), nn.BatchNorm2d(width)) for k in self.order}
+        )
+        self.refine = nn.ModuleDict({k: _conv_bn_relu(width, width) for k in self.order})
+        finest = shapes[self.order[-1]][1]
+        up: list[nn.Module] = []
+        c = width
+        for _ in range(_stages(image_size, finest)):
+            nxt = max(c // 2, 16)
+            up += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv_bn_relu(c, nxt)]
+            c = nxt
+        self.up = nn.Sequential(*up)
+        self.out = nn.Sequential(nn.Conv2d(c, 3, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = None
+        for k in self.order:
+            lat = self.lateral[k](features[k])
+            if x is not None:
+                x = F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False) + lat
+            else:
+                x = lat
+            x = self.refine[k](x)
+        x = self.out(self.up(x))
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x
+
+
+DECODERS: dict[str, Callable[..., nn.Module]] = {"seed": SeedDecoder, "pyramid": PyramidDecoder}
+
+
+def build_decoder(name: str, shapes: Shapes, image_size: int = 224, **options: Any) -> nn.Module:
+    """Build decoder ``name`` for feature maps of ``shapes``; ``decoder.spec`` rebuilds it."""
+    if name not in DECODERS:
+        raise FeatinvError(f"unknown decoder '{name}'; available: {', '.join(DECODERS)}.")
+    model = DECODERS[name](shapes, image_size=image_size, **options)
+    model.spec = {
+        "name": name,
+        "shapes": {k: list(v) for k, v in shapes.items()},
+        "image_size": image_size,
+        "options": dict(options),
+    }
+    return model
+
+
+def decoder_from_spec(spec: dict[str, Any]) -> nn.Module:
+    shapes = {k: tuple(v) for k, v in spec["shapes"].items()}
+    return build_decoder(spec["name"], shapes, spec["image_size"], **spec.get("options", {}))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,285 @@
+"""Scoring: reconstruct a dataset, measure it per image, save pairs; reload run directories."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import metrics as M
+from . import report
+from .backbones import FeatureExtractor, load_strict
+from .config import RunConfig, load_config
+from .data import (
+    ImageDataset,
+    ImageRecord,
+    SkipLog,
+    find_images,
+    load_image,
+    make_loader,
+    preprocess,
+    probe_records,
+    split_for_config,
+    to_float,
+)
+from .decoders import decoder_from_spec
+from .utils import FeatinvError, atomic_write_text, progress_enabled, resolve_device
+
+log = logging.getLogger("featinv")
+
+
+@torch.no_grad()
+def reconstruct(extractor: FeatureExtractor, decoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[0,1] images → [0,1] reconstructions through the frozen backbone and the decoder."""
+    return decoder(extractor(x)).float().clamp_(0.0, 1.0)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # means over images
+    n_images: int
+    per_image: list[dict[str, Any]]
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
+    originals: Optional[torch.Tensor] = None  # the first `keep` images, uint8 on the CPU
+    reconstructions: Optional[torch.Tensor] = None
+
+
+def evaluate_loader(
+    extractor: FeatureExtractor,
+    decoder: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    records: Sequence[ImageRecord],
+    device: torch.device,
+    skips: Optional[SkipLog] = None,
+    keep: int = 0,
+    mean_image: Optional[torch.Tensor] = None,
+    reference_stride: Optional[int] = None,
+    desc: str = "evaluate",
+) -> Evaluation:
+    """Score every image of ``loader``; optionally the reference lines beside the decoder.
+
+    ``mean_image`` (3×H×W in [0,1]) predicts every image as that one image; ``reference_stride``
+    scores the bicubic down/up-sampled image (the colour a map of that stride could hold).
+    """
+    from tqdm.auto import tqdm
+
+    decoder.eval()
+    acc, ref_mean, ref_bicubic = M.MeanAccumulator(), M.MeanAccumulator(), M.MeanAccumulator()
+    rows: list[dict[str, Any]] = []
+    kept_x: list[torch.Tensor] = []
+    kept_y: list[torch.Tensor] = []
+    n_kept = 0
+    loader.sampler.set_epoch(0)
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress_enabled()):
+        for index, reason in batch["skipped"]:
+            if skips is not None:
+                skips.add(records[index].relpath, reason)
+        if "image" not in batch:
+            continue
+        x = to_float(batch["image"], device)
+        y = reconstruct(extractor, decoder, x)
+        s = M.score(y, x)
+        acc.add(s)
+        for j, index in enumerate(batch["index"].tolist()):
+            rows.append({"file": records[index].relpath, **{k: float(v[j]) for k, v in s.items()}})
+        if mean_image is not None:
+            ref_mean.add(M.score(mean_image.to(device).expand_as(x).contiguous(), x))
+        if reference_stride:
+            ref_bicubic.add(M.score(M.bicubic_thumbnail(x, reference_stride), x))
+        if n_kept < keep:
+            take = min(keep - n_kept, len(x))
+            kept_x.append(batch["image"][:take].cpu())
+            kept_y.append((y[:take] * 255).round().to(torch.uint8).cpu())
+            n_kept += take
+    if acc.n == 0:
+        raise FeatinvError("no image could be decoded for evaluation; see the skipped files above.")
+    reference = {}
+    if ref_mean.n:
+        reference["mean_image"] = ref_mean.result()
+    if ref_bicubic.n:
+        reference[f"bicubic_x{reference_stride}"] = ref_bicubic.result()
+    return Evaluation(
+        metrics=acc.result(),
+        n_images=acc.n,
+        per_image=rows,
+        reference=reference,
+        originals=torch.cat(kept_x) if kept_x else None,
+        reconstructions=torch.cat(kept_y) if kept_y else None,
+    )
+
+
+def save_pairs(ev: Evaluation, out: Path, title: str) -> None:
+    """``results/original_<i>.png``, ``results/reconstruction_<i>.png`` and ``results/comparison.png``."""
+    if ev.originals is None:
+        return
+    results = out / "results"
+    for i, (a, b) in enumerate(zip(ev.originals, ev.reconstructions)):
+        report.save_png(a, results / f"original_{i}.png")
+        report.save_png(b, results / f"reconstruction_{i}.png")
+    n = len(ev.originals)
+    report.comparison_figure(
+        ev.originals,
+        ev.reconstructions,
+        [f"PSNR {r['psnr']:.2f} dB\nSSIM {r['ssim']:.3f}" for r in ev.per_image[:n]],
+        title,
+        results / "comparison.png",
+    )
+
+
+def write_per_image(rows: list[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["file", "mse", "psnr", "ssim"], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({"file": r["file"], **{k: f"{r[k]:.6g}" for k in ("mse", "psnr", "ssim")}})
+    atomic_write_text(path, buf.getvalue())
+
+
+@dataclass
+class Run:
+    """A trained decoder rebuilt from its run directory, ready to reconstruct images."""
+
+    path: Path
+    config: RunConfig
+    extractor: FeatureExtractor
+    decoder: nn.Module
+    device: torch.device
+    summary: dict[str, Any]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W [0,1] images (any device) → reconstructions on the run's device."""
+        return reconstruct(self.extractor, self.decoder, x.to(self.device))
+
+    def describe(self) -> str:
+        b = self.config.backbone
+        text = f"{b.name} ({self.extractor.weights_info['weights']} weights), layers {'+'.join(b.layers)}, {self.config.decoder.name} decoder"
+        return text + ("\n" + " ".join(self.config.notes) if self.config.notes else "")
+
+
+def load_decoder_export(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``decoder.json`` and the tensors of ``decoder.safetensors`` from a run directory."""
+    from safetensors.torch import load_file
+
+    meta_path, weights_path = path / "decoder.json", path / "decoder.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise FeatinvError(
+            f"{path} has no exported decoder (decoder.json + decoder.safetensors); "
+            "is it a finished featinv run directory?"
+        )
+    return json.loads(meta_path.read_text(encoding="utf-8")), load_file(str(weights_path))
+
+
+def load_run(path: Union[str, Path], device: str = "auto") -> Run:
+    """Rebuild the backbone and the exported decoder of a run directory."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise FeatinvError(f"{path} is not a featinv run directory (no config.yaml).")
+    cfg = load_config(path / "config.yaml")
+    meta, tensors = load_decoder_export(path)
+    dev = resolve_device(device)
+    b = cfg.backbone
+    if meta.get("backbone") != b.name or meta.get("layers") != b.layers:
+        raise FeatinvError(
+            f"decoder in {path} was trained on {meta.get('backbone')} layers {meta.get('layers')}, "
+            f"but config.yaml says {b.name} layers {b.layers}."
+        )
+    extractor = FeatureExtractor(b.name, b.weights, b.layers, seed=cfg.train.seed)
+    saved_sha = meta.get("weights", {}).get("sha256")
+    if saved_sha and extractor.weights_info.get("sha256") not in (None, saved_sha):
+        log.warning("backbone weights differ from the ones this run was trained with (sha256 mismatch).")
+    shapes = {k: list(v) for k, v in extractor.feature_shapes(cfg.data.image_size).items()}
+    if shapes != meta["decoder"]["shapes"]:
+        raise FeatinvError(
+            f"decoder in {path} expects feature shapes {meta['decoder']['shapes']}, "
+            f"but {b.name} gives {shapes}."
+        )
+    decoder = decoder_from_spec(meta["decoder"])
+    load_strict(decoder, tensors, str(path / "decoder.safetensors"))
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    return Run(path, cfg, extractor.to(dev), decoder.to(dev).eval(), dev, summary)
+
+
+def evaluate_run(
+    run: Union[Run, str, Path],
+    data: Optional[Union[str, Path]] = None,
+    out: Optional[Union[str, Path]] = None,
+    num_save: int = 8,
+    batch_size: Optional[int] = None,
+    num_workers: int = -1,
+) -> dict[str, Any]:
+    """Score a run on ``data`` (every image in it) or, by default, on the run's own val split.
+
+    Writes ``metrics.json``, ``per_image.csv`` and the saved pairs into ``out``
+    (default ``RUN/evaluation``) and returns the metrics.
+    """
+    if not isinstance(run, Run):
+        run = load_run(run)
+    cfg = run.config
+    skips = SkipLog()
+    if data is None:
+        _, records = split_for_config(cfg.data.data, cfg.data.val_data, cfg.data.val_fraction, cfg.data.max_images, skips)
+        source = "the run's validation split"
+    else:
+        records = probe_records(find_images(data).records, skips)
+        source = str(Path(data).resolve())
+        if not records:
+            raise FeatinvError(f"no usable images in {data}.")
+    out = Path(out) if out is not None else run.path / "evaluation"
+    ds = ImageDataset(records, cfg.data.image_size, cfg.data.resize, train=False)
+    loader = make_loader(ds, batch_size or cfg.train.batch_size, shuffle=False, num_workers=num_workers,
+                         pin_memory=run.device.type == "cuda")
+    ev = evaluate_loader(run.extractor, run.decoder, loader, records, run.device, skips, keep=num_save)
+    result = {
+        "run": str(run.path.resolve()),
+        "data": source,
+        "n_images": ev.n_images,
+        **ev.metrics,
+        "skipped": len(skips),
+        "backbone": run.extractor.weights_info,
+        "layers": cfg.backbone.layers,
+        "decoder": cfg.decoder.name,
+        "notes": cfg.notes,
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_per_image(ev.per_image, out / "per_image.csv")
+    if skips:
+        report.write_skipped(skips.rows(), out / "skipped.csv")
+    save_pairs(ev, out, f"{run.describe()} — {source}")
+    log.info(
+        "evaluated %d images: MSE %.5f  PSNR %.2f dB  SSIM %.4f (%d skipped)",
+        ev.n_images, ev.metrics["mse"], ev.metrics["psnr"], ev.metrics["ssim"], len(skips),
+    )
+    return result
+
+
+def reconstruct_files(
+    run: Union[Run, str, Path], images: Sequence[Union[str, Path]], out: Union[str, Path]
+) -> list[Path]:
+    """Reconstruct the given image files (center crop) into ``out``; returns the files written."""
+    if not isinstance(run, Run):
+        run = load_run(run)
+    out = Path(out)
+    written: list[Path] = []
+    cfg = run.config.data
+    for i, name in enumerate(images):
+        p = Path(name)
+        try:
+            img = load_image(p)
+        except Exception as e:  # noqa: BLE001 - report any decode failure in one line
+            raise FeatinvError(f"cannot read image {p}: {e}") from None
+        x8 = preprocess(img, cfg.image_size, cfg.resize, train=False)
+        y = run.reconstruct(x8[None].float().div(255.0))[0]
+        stem = f"{i}_{p.stem}"
+        for kind, t in (("original", x8), ("reconstruction", (y * 255).round().to(torch.uint8))):
+            target = out / f"{kind}_{stem}.png"
+            report.save_png(t, target)
+            written.append(target)
+    return written

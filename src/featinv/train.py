@@ -1,0 +1,332 @@
+"""The training loop: features from a frozen backbone, a decoder fitted to the [0,1] images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__, report
+from .backbones import FeatureExtractor
+from .config import RunConfig, load_config, save_config
+from .data import ImageDataset, SkipLog, make_loader, split_for_config, to_float
+from .decoders import build_decoder, count_parameters
+from .evaluate import Evaluation, evaluate_loader, save_pairs, write_per_image
+from .losses import build_loss
+from .utils import FeatinvError, atomic_torch_save, atomic_write_bytes, atomic_write_text, progress_enabled, resolve_device
+
+log = logging.getLogger("featinv")
+
+METRIC_FIELDS = ["epoch", "train_loss", "val_mse", "val_psnr", "val_ssim", "lr", "epoch_time_s", "train_images_per_s"]
+# Keys a resumed run may change; anything else must match the saved config.
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("data", "num_workers")}
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Reject impossible settings before any heavy work starts."""
+    t, d = cfg.train, cfg.data
+    checks = [
+        (t.epochs >= 1, f"--epochs must be at least 1, got {t.epochs}."),
+        (t.batch_size >= 1, f"--batch-size must be at least 1, got {t.batch_size}."),
+        (t.lr > 0 and math.isfinite(t.lr), f"--lr must be a positive number, got {t.lr}."),
+        (t.weight_decay >= 0, f"weight_decay must be >= 0, got {t.weight_decay}."),
+        (t.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {t.schedule!r}."),
+        (t.num_save >= 0, f"--num-save must be >= 0, got {t.num_save}."),
+        (d.image_size >= 32, f"image_size must be at least 32, got {d.image_size}."),
+        (bool(d.data), "--data is required: a folder of images."),
+        (bool(cfg.backbone.layers), "--layers needs at least one layer."),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FeatinvError(message)
+
+
+def lr_factor(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to zero (or constant)."""
+
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for k in a:
+        if isinstance(a[k], dict):
+            out += _diff_configs(a[k], b.get(k, {}), prefix + (k,))
+        elif a[k] != b.get(k):
+            out.append(prefix + (k,))
+    return out
+
+
+def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
+    """A new run needs a folder without a run in it; a resumed one, the same run's folder."""
+    saved_path = out / "config.yaml"
+    if not resume:
+        if saved_path.is_file():
+            raise FeatinvError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out."
+            )
+        return
+    if not (out / "checkpoints" / "last.pt").is_file():
+        raise FeatinvError(f"--resume: {out} holds no checkpoint to resume; drop --resume to start a new run there.")
+    changed = [k for k in _diff_configs(load_config(saved_path).to_dict(), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+    if changed:
+        raise FeatinvError(
+            f"--resume: {out} holds a different run (settings differ: {', '.join('.'.join(k) for k in changed)}); "
+            "only --epochs and --device may change when resuming."
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def export_decoder(decoder: nn.Module, extractor: FeatureExtractor, cfg: RunConfig, out: Path) -> None:
+    """``decoder.safetensors`` (weights) + ``decoder.json`` (everything needed to rebuild it)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
+    atomic_write_bytes(out / "decoder.safetensors", save(tensors))
+    meta = {
+        "featinv_version": __version__,
+        "backbone": cfg.backbone.name,
+        "layers": cfg.backbone.layers,
+        "weights": extractor.weights_info,
+        "decoder": decoder.spec,
+    }
+    atomic_write_text(out / "decoder.json", json.dumps(meta, indent=2) + "\n")
+
+
+def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[str, Any]:
+    """Train a decoder as ``cfg`` says, writing the run directory ``out``; returns its summary."""
+    out = Path(out)
+    validate_config(cfg)
+    check_output_dir(out, cfg, resume)
+    t0 = time.perf_counter()
+    seed = cfg.train.seed
+    seed_everything(seed)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    skips = SkipLog()
+    d = cfg.data
+    train_recs, val_recs = split_for_config(d.data, d.val_data, d.val_fraction, d.max_images, skips)
+    extractor = FeatureExtractor(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.layers, seed=seed).to(device)
+    shapes = extractor.feature_shapes(d.image_size)
+    ref_stride = min(extractor.strides(d.image_size).values())
+    torch.manual_seed(seed)  # the decoder's initial weights do not depend on the backbone's build
+    decoder = build_decoder(cfg.decoder.name, shapes, d.image_size, width=cfg.decoder.width).to(device)
+    loss_fn = build_loss(cfg.loss)
+    log.info(
+        "%d train / %d val images; %s (%s weights) layers %s → %s decoder (%.2fM parameters) on %s",
+        len(train_recs), len(val_recs), cfg.backbone.name, extractor.weights_info["weights"],
+        "+".join(cfg.backbone.layers), cfg.decoder.name, count_parameters(decoder) / 1e6, device,
+    )
+
+    pin = device.type == "cuda"
+    train_ds = ImageDataset(train_recs, d.image_size, d.resize, train=d.augment, seed=seed)
+    val_ds = ImageDataset(val_recs, d.image_size, d.resize, train=False)
+    train_loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, seed=seed, num_workers=d.num_workers, pin_memory=pin)
+    val_loader = make_loader(val_ds, cfg.train.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
+    steps_per_epoch = len(train_loader)
+    total = cfg.train.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_factor(total, round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)
+    )
+
+    ckpt_dir = out / "checkpoints"
+    start_epoch, best_psnr, best_epoch = 0, -math.inf, 0
+    mean_sum = torch.zeros(3, d.image_size, d.image_size, dtype=torch.float64, device=device)
+    mean_n = 0
+    elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
+    if resume:
+        ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
+        if ckpt["decoder_spec"] != decoder.spec:
+            raise FeatinvError(f"--resume: the checkpoint in {out} was built for another decoder or layer set.")
+        decoder.load_state_dict(ckpt["decoder"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_psnr, best_epoch = ckpt["epoch"], ckpt["best_psnr"], ckpt["best_epoch"]
+        mean_sum, mean_n = ckpt["mean_sum"].to(device), ckpt["mean_n"]
+        torch.set_rng_state(ckpt["rng"])
+        elapsed_before = ckpt["elapsed_s"]
+        log.info("resuming %s from epoch %d", out, start_epoch)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    metrics_path = out / "metrics.csv"
+    rows = [r for r in _read_metrics(metrics_path) if int(r["epoch"]) <= start_epoch]
+    _write_metrics(rows, metrics_path)
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "decoder": decoder.state_dict(),
+            "decoder_spec": decoder.spec,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "best_psnr": best_psnr,
+            "best_epoch": best_epoch,
+            "mean_sum": mean_sum.cpu(),
+            "mean_n": mean_n,
+            "rng": torch.get_rng_state(),
+            "elapsed_s": elapsed_before + time.perf_counter() - t0,
+            "config": cfg.to_dict(),
+        }
+
+    from tqdm.auto import tqdm
+
+    ev: Optional[Evaluation] = None
+    last = cfg.train.epochs - 1
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t_epoch = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)
+        decoder.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        n = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False, disable=not progress_enabled())
+        for step, batch in enumerate(bar):
+            for index, reason in batch["skipped"]:
+                skips.add(train_recs[index].relpath, reason)
+            if "image" not in batch:
+                continue
+            x = to_float(batch["image"], device)
+            with torch.no_grad():
+                feats = extractor(x)
+            parts = loss_fn(decoder(feats), x)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+            sched.step()
+            loss_sum += parts["loss"].detach().double() * len(x)
+            n += len(x)
+            if epoch == 0:
+                mean_sum += x.sum(0, dtype=torch.float64)
+                mean_n += len(x)
+            if step % 20 == 0:  # the only host syncs: progress and the finite-loss check
+                value = float(parts["loss"].detach())
+                if not math.isfinite(value):
+                    raise FeatinvError(
+                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the last good checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
+                    )
+                bar.set_postfix(loss=f"{value:.4f}")
+        if n == 0:
+            raise FeatinvError("no training image could be decoded; see the skipped files above.")
+        train_loss = float(loss_sum) / n
+        if not math.isfinite(train_loss):
+            raise FeatinvError(
+                f"the loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is kept in {ckpt_dir}. "
+                "Try a smaller --lr."
+            )
+        train_time = time.perf_counter() - t_epoch
+        final = epoch == last
+        mean_image = (mean_sum / max(1, mean_n)).float() if final else None
+        ev = evaluate_loader(
+            extractor, decoder, val_loader, val_recs, device, skips, desc="validate",
+            keep=cfg.train.num_save if final else 0, mean_image=mean_image, reference_stride=ref_stride if final else None,
+        )
+        if ev.metrics["psnr"] > best_psnr:
+            best_psnr, best_epoch = ev.metrics["psnr"], epoch + 1
+            atomic_torch_save(checkpoint(epoch + 1), ckpt_dir / "best.pt")
+        atomic_torch_save(checkpoint(epoch + 1), ckpt_dir / "last.pt")
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": f"{train_loss:.6g}",
+            "val_mse": f"{ev.metrics['mse']:.6g}",
+            "val_psnr": f"{ev.metrics['psnr']:.4f}",
+            "val_ssim": f"{ev.metrics['ssim']:.5f}",
+            "lr": f"{opt.param_groups[0]['lr']:.4g}",
+            "epoch_time_s": f"{time.perf_counter() - t_epoch:.2f}",
+            "train_images_per_s": f"{n / train_time:.2f}",
+        }
+        rows.append(row)
+        _write_metrics(rows, metrics_path)
+        log.info(
+            "epoch %d/%d  train loss %.5f  val MSE %.5f  PSNR %.2f dB  SSIM %.4f  (%.1f s)",
+            epoch + 1, cfg.train.epochs, train_loss, ev.metrics["mse"], ev.metrics["psnr"], ev.metrics["ssim"],
+            time.perf_counter() - t_epoch,
+        )
+
+    if ev is None:  # resumed a finished run: score it again for the outputs below
+        ev = evaluate_loader(
+            extractor, decoder, val_loader, val_recs, device, skips, desc="validate", keep=cfg.train.num_save,
+            mean_image=(mean_sum / max(1, mean_n)).float(), reference_stride=ref_stride,
+        )
+    export_decoder(decoder, extractor, cfg, out)
+    weights_label = extractor.weights_info["weights"]
+    title = f"{cfg.backbone.name} ({weights_label} weights), {'+'.join(cfg.backbone.layers)}, {cfg.decoder.name} decoder"
+    if cfg.notes:
+        title += "\n" + " ".join(cfg.notes)
+    report.loss_curve(rows, title, out / "figures" / "loss_curve.png")
+    save_pairs(ev, out, title + " — validation images")
+    write_per_image(ev.per_image, out / "results" / "per_image.csv")
+    if skips:
+        report.write_skipped(skips.rows(), out / "skipped.csv")
+        log.warning("%d file(s) skipped; list in %s", len(skips), out / "skipped.csv")
+    summary = {
+        "featinv_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "status": "completed",
+        "notes": cfg.notes,
+        "backbone": extractor.weights_info,
+        "layers": cfg.backbone.layers,
+        "feature_shapes": {k: list(v) for k, v in shapes.items()},
+        "decoder": cfg.decoder.name,
+        "decoder_parameters": count_parameters(decoder),
+        "epochs": cfg.train.epochs,
+        "train_images": len(train_recs),
+        "val_images": ev.n_images,
+        "skipped_files": len(skips),
+        "train_loss": float(rows[-1]["train_loss"]),
+        "val": ev.metrics,
+        "best_epoch": best_epoch,
+        "best_val_psnr": best_psnr,
+        "reference": ev.reference,
+        "train_time_s": round(elapsed_before + time.perf_counter() - t0, 2),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log.info(
+        "done: val PSNR %.2f dB, SSIM %.4f over %d images (reference: %s). Run directory: %s",
+        ev.metrics["psnr"], ev.metrics["ssim"], ev.n_images,
+        ", ".join(f"{k} {v['psnr']:.2f} dB" for k, v in ev.reference.items()), out,
+    )
+    return summary
