@@ -137,7 +137,7 @@ def load_image(path: Union[str, Path]) -> Image.Image:
             im = ImageOps.exif_transpose(im)
             im.load()
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        im = Image.fromarray(_to_uint8_gray(np.asarray(im)), mode="L")
+        im = Image.fromarray(_to_uint8_gray(np.asarray(im)))
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -329,16 +329,16 @@ def split_for_config(
     ``max_images`` keeps the training images with the smallest path hashes: a stable subset
     that mixes classes. Unreadable files are logged in ``skips`` and left out.
     """
-    images = find_images(data)
+    # Probe before splitting: the split keys on paths alone, so skipped files move nobody.
+    records = probe_records(find_images(data).records, skips)
     if val_data:
-        train, val = images.records, find_images(val_data).records
+        train, val = records, probe_records(find_images(val_data).records, skips)
     else:
-        train, val = split_records(images.records, val_fraction)
+        train, val = split_records(records, val_fraction)
     if max_images is not None:
         if max_images < 1:
             raise FeatinvError(f"--max-images must be at least 1, got {max_images}.")
         train = sorted(sorted(train, key=lambda r: hash_fraction(r.relpath))[:max_images], key=lambda r: r.relpath)
-    train, val = probe_records(train, skips), probe_records(val, skips)
     if not train:
         raise FeatinvError(f"no usable training images in {data} (formats: {', '.join(IMAGE_EXTENSIONS)}).")
     if not val:

@@ -1,0 +1,150 @@
+import pickle
+
+import pytest
+import torch
+
+from featinv.backbones import BACKBONES, FeatureExtractor, build_backbone
+from featinv.utils import FeatinvError
+
+RESNET50_SHAPES = {
+    "layer1": (256, 56, 56),
+    "layer2": (512, 28, 28),
+    "layer3": (1024, 14, 14),
+    "layer4": (2048, 7, 7),
+}
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return FeatureExtractor("resnet50", weights="random", seed=0)
+
+
+def test_resnet50_stage_shapes(resnet50):
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        out = resnet50(x)
+    assert list(out) == list(RESNET50_SHAPES)
+    for name, shape in RESNET50_SHAPES.items():
+        assert tuple(out[name].shape) == (2, *shape)
+    assert resnet50.strides() == {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+def test_layer1_equals_last_call_of_hook_on_layer1_2_relu(resnet50):
+    """The original hooked layer1.2.relu; a Bottleneck calls that ReLU three times and the
+    hook keeps the last call, which is the stage output."""
+    model, _ = build_backbone("resnet50", "random", seed=0)
+    calls = []
+    model.layer1[2].relu.register_forward_hook(lambda m, i, o: calls.append(o.detach().clone()))
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        model((x - resnet50.mean) / resnet50.std)
+        ours = resnet50(x)["layer1"]
+    assert len(calls) == 3
+    assert torch.equal(calls[-1], ours)
+    # The earlier calls are inner activations (64 channels), not the stage output.
+    assert calls[0].shape[1] == calls[1].shape[1] == 64 and ours.shape[1] == 256
+
+
+def test_outputs_keyed_by_requested_names():
+    fe = FeatureExtractor("resnet50", weights="random", layers=["layer4", "layer1"])
+    with torch.no_grad():
+        out = fe(torch.rand(1, 3, 64, 64))
+    assert list(out) == ["layer4", "layer1"]
+    raw = FeatureExtractor("resnet18", weights="random", layers=["layer3.1.relu_1", "stage2"])
+    with torch.no_grad():
+        out = raw(torch.rand(1, 3, 64, 64))
+    assert list(out) == ["layer3.1.relu_1", "stage2"]
+    assert out["layer3.1.relu_1"].shape[1] == 256
+
+
+def test_extractor_is_frozen_and_stays_in_eval(resnet50):
+    resnet50.train()
+    assert not resnet50.training and not resnet50.body.training
+    assert all(not p.requires_grad for p in resnet50.parameters())
+
+
+def test_random_weights_depend_on_seed_only():
+    a, _ = build_backbone("resnet18", "random", seed=3)
+    b, _ = build_backbone("resnet18", "random", seed=3)
+    c, _ = build_backbone("resnet18", "random", seed=4)
+    wa, wb, wc = (m.conv1.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_from_file_give_the_same_features(tmp_path, suffix):
+    model, _ = build_backbone("resnet50", "random", seed=7)
+    sd = model.state_dict()
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    from_file = FeatureExtractor("resnet50", weights=str(path))
+    direct = FeatureExtractor("resnet50", weights="random", seed=7)
+    reference = FeatureExtractor("resnet50", weights="random", seed=8)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        a, b, c = from_file(x), direct(x), reference(x)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+        assert not torch.equal(a[k], c[k])
+    assert len(from_file.weights_info["sha256"]) == 64
+
+
+def test_strict_loading_names_the_missing_key(tmp_path):
+    model, _ = build_backbone("resnet18", "random")
+    sd = model.state_dict()
+    del sd["layer2.0.conv1.weight"]
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(FeatinvError, match=r"missing keys: layer2\.0\.conv1\.weight"):
+        build_backbone("resnet18", str(tmp_path / "w.pth"))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this code must never run",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": _Evil()}, f)
+    with pytest.raises(FeatinvError, match="weights_only"):
+        build_backbone("resnet18", str(path))
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(FeatinvError) as e:
+        FeatureExtractor("resnet18", weights="random", layers=["layer5"])
+    msg = str(e.value)
+    assert "layer5" in msg and "layer1" in msg and "stage4" in msg
+
+
+def test_unknown_backbone_lists_available():
+    with pytest.raises(FeatinvError, match="resnet50"):
+        FeatureExtractor("resnet5000", weights="random")
+
+
+def test_imagenet_weights_unavailable_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(FeatinvError) as e:
+        FeatureExtractor("resnet50", weights="imagenet")
+    msg = str(e.value)
+    assert "resnet50-0676ba61.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg
+    assert "--weights random" in msg
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_taps_strides_4_8_16_32(name):
+    fe = FeatureExtractor(name, weights="random")
+    shapes = fe.feature_shapes(64)
+    assert [s[1] for s in shapes.values()] == [16, 8, 4, 2]

@@ -1,0 +1,152 @@
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featinv.data import (
+    ImageDataset,
+    SkipLog,
+    collate,
+    find_images,
+    load_image,
+    make_loader,
+    preprocess,
+    split_for_config,
+    split_records,
+)
+from featinv.utils import FeatinvError
+
+
+def _rgb(seed=0, size=(300, 260)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_flat_folder_is_searched_recursively_any_case(tmp_path):
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    _rgb().save(tmp_path / "a.JPG")
+    _rgb().save(tmp_path / "sub" / "b.png")
+    _rgb().save(tmp_path / "sub" / "deeper" / "c.WebP")
+    _rgb().save(tmp_path / "d.bmp")
+    (tmp_path / "notes.txt").write_text("not an image")
+    s = find_images(tmp_path)
+    assert [r.relpath for r in s.records] == ["a.JPG", "d.bmp", "sub/b.png", "sub/deeper/c.WebP"]
+    assert s.classes == [] and all(r.label == -1 for r in s.records)
+
+
+def test_imagefolder_tree_gets_class_labels(tmp_path):
+    for cls in ("n02", "n01"):
+        (tmp_path / cls).mkdir()
+        _rgb().save(tmp_path / cls / "x.jpeg")
+    s = find_images(tmp_path)
+    assert s.classes == ["n01", "n02"]
+    assert [(r.relpath, r.label) for r in s.records] == [("n01/x.jpeg", 0), ("n02/x.jpeg", 1)]
+
+
+def test_hash_split_is_deterministic_and_stable_when_files_are_added(tmp_path):
+    for i in range(60):
+        _rgb(i, (8, 8)).save(tmp_path / f"img{i:03d}.png")
+    recs = find_images(tmp_path).records
+    train, val = split_records(recs, 0.2)
+    assert 3 <= len(val) <= 25 and len(train) + len(val) == 60
+    # The listing order does not matter, only each file's path.
+    assert {r.relpath for r in split_records(list(reversed(recs)), 0.2)[1]} == {r.relpath for r in val}
+    for i in range(60, 120):
+        _rgb(i, (8, 8)).save(tmp_path / f"img{i:03d}.png")
+    _, val2 = split_records(find_images(tmp_path).records, 0.2)
+    old = {r.relpath for r in val}
+    assert old <= {r.relpath for r in val2}  # no old file changed sides
+    assert {r.relpath for r in val2} - old  # and some new ones joined val
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["L", "P", "RGBA", "CMYK", "I;16", "LA", "1"],
+)
+def test_every_mode_decodes_to_rgb(tmp_path, mode):
+    base = _rgb(1, (240, 230))
+    if mode == "I;16":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        img = Image.fromarray(arr)
+        assert img.mode == "I;16"
+        path = tmp_path / "x.png"
+    elif mode == "CMYK":
+        img, path = base.convert("CMYK"), tmp_path / "x.jpg"
+    else:
+        img, path = base.convert(mode), tmp_path / "x.png"
+    img.save(path)
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (240, 230)
+    if mode == "I;16":  # scaled by the 16-bit range, not clipped at 255
+        assert np.array_equal(np.asarray(out)[..., 0], np.asarray(base.convert("L")))
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    img = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    img.save(tmp_path / "t.png")
+    assert load_image(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = _rgb(2, (300, 240))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert load_image(tmp_path / "r.jpg").size == (240, 300)
+
+
+def test_preprocess_center_crops_and_upscales_small_images():
+    small = _rgb(3, (60, 40))
+    x = preprocess(small)
+    assert x.shape == (3, 224, 224) and x.dtype == torch.uint8
+    big = _rgb(4, (640, 480))
+    assert preprocess(big).shape == (3, 224, 224)
+
+
+def test_training_crops_replay_from_seed_epoch_and_index(samples):
+    recs = find_images(samples / "train").records
+    ds = ImageDataset(recs, train=True, seed=5)
+    a, b = ds[(2, 7)]["image"], ds[(2, 7)]["image"]
+    c = ds[(2, 8)]["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    val = ImageDataset(recs, train=False)
+    assert torch.equal(val[(2, 0)]["image"], val[(2, 9)]["image"])
+
+
+def test_undecodable_files_are_skipped_with_one_warning_each(tmp_path, samples, caplog):
+    for p in sorted((samples / "train").glob("*.jpg"))[:4]:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "text.jpg").write_text("this is not a JPEG")
+    (tmp_path / "empty.png").write_bytes(b"")
+    good = (samples / "val" / "coffee.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    skips = SkipLog()
+    with caplog.at_level(logging.WARNING, logger="featinv"):
+        train, val = split_for_config(tmp_path, None, 0.3, None, skips)
+        # Header-valid but truncated: found only when decoding, reported by the loader's collate.
+        loader = make_loader(ImageDataset(train + val), batch_size=8, shuffle=False, num_workers=0)
+        for batch in loader:
+            for index, reason in batch["skipped"]:
+                skips.add((train + val)[index].relpath, reason)
+            for index, reason in batch["skipped"]:  # a second report of the same file is silent
+                skips.add((train + val)[index].relpath, reason)
+    assert set(skips.reasons) == {"text.jpg", "empty.png", "truncated.jpg"}
+    named = [r for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(named) == 3
+
+
+def test_collate_keeps_good_items_and_lists_failures():
+    x = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    b = collate([{"index": 0, "image": x, "label": -1}, {"index": 1, "error": "bad"}])
+    assert b["image"].shape == (1, 3, 4, 4) and b["skipped"] == [(1, "bad")]
+
+
+def test_folder_without_usable_images_is_a_clear_error(tmp_path):
+    (tmp_path / "a.jpg").write_text("nope")
+    with pytest.raises(FeatinvError, match="no usable training images"):
+        split_for_config(tmp_path, None, 0.1, None, SkipLog())
+    with pytest.raises(FeatinvError, match="does not exist"):
+        find_images(tmp_path / "missing")

@@ -1,0 +1,112 @@
+"""End to end on the bundled photos with random weights: train → evaluate → reconstruct."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import featinv
+import featinv.train as train_module
+from featinv.cli import main
+from featinv.train import train
+
+from conftest import tiny_config
+
+RUN_FILES = [
+    "config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
+    "decoder.safetensors", "decoder.json", "figures/loss_curve.png", "results/comparison.png",
+    "results/per_image.csv",
+] + [f"results/{k}_{i}.png" for k in ("original", "reconstruction") for i in range(3)]
+
+
+def test_training_writes_every_output(tiny_run):
+    for name in RUN_FILES:
+        assert (tiny_run / name).is_file(), name
+    rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    s = json.loads((tiny_run / "summary.json").read_text())
+    assert s["status"] == "completed" and s["val_images"] == 3 and s["train_images"] == 9
+    assert s["backbone"]["weights"] == "random"
+    assert {"mean_image", "bicubic_x4"} <= set(s["reference"])
+    assert abs(float(rows[-1]["val_psnr"]) - s["val"]["psnr"]) < 1e-3
+    # checkpoints hold plain types only
+    ckpt = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2
+
+
+def test_load_run_reproduces_saved_metrics(tiny_run):
+    saved = json.loads((tiny_run / "summary.json").read_text())["val"]
+    run = featinv.load_run(tiny_run, device="cpu")
+    again = featinv.evaluate_run(run, out=tiny_run / "recheck")
+    for k in ("mse", "psnr", "ssim"):
+        assert again[k] == pytest.approx(saved[k], rel=1e-6, abs=1e-7)
+
+
+def test_evaluate_and_reconstruct_commands(tiny_run, samples, tmp_path, capsys):
+    assert main(["-q", "evaluate", str(tiny_run), "--data", str(samples / "val"), "--out", str(tmp_path / "ev"), "--num-save", "2"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["n_images"] == 3 and {"mse", "psnr", "ssim"} <= set(m)
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "per_image.csv")))
+    assert len(rows) == 3 and sum(float(r["psnr"]) for r in rows) / 3 == pytest.approx(m["psnr"], abs=1e-4)
+    for name in ("original_0.png", "reconstruction_1.png", "comparison.png"):
+        assert (tmp_path / "ev" / "results" / name).is_file()
+    imgs = sorted(str(p) for p in (samples / "val").glob("*.jpg"))[:2]
+    assert main(["-q", "reconstruct", str(tiny_run), *imgs, "--out", str(tmp_path / "rec")]) == 0
+    assert len(list((tmp_path / "rec").glob("reconstruction_*.png"))) == 2
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run, monkeypatch):
+    """Interrupt a run in epoch 2, resume it: it restarts at epoch 2 and ends with the same
+    weights as the uninterrupted `tiny_run` (same config)."""
+    out = tmp_path / "interrupted"
+    real_evaluate = train_module.evaluate_loader
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(train_module, "evaluate_loader", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(samples / "train", samples / "val"), out)
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train_module, "evaluate_loader", real_evaluate)
+    assert main(["-q", "train", "--out", str(out), "--resume"]) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    a, b = load_file(str(out / "decoder.safetensors")), load_file(str(tiny_run / "decoder.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "/nonexistent", "--out", "{tmp}/r", "--weights", "random"], "does not exist"),
+        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--batch-size", "0"], "--batch-size"),
+        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--epochs", "-1"], "--epochs"),
+        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--lr", "0"], "--lr"),
+        (["train", "--out", "{tmp}/none", "--resume"], "no run to resume"),
+        (["train", "--data", "{samples}", "--out", "{run}", "--weights", "random"], "already holds a run"),
+        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--weights", "random", "--layers", "layer9"], "unknown layer"),
+        (["evaluate", "{tmp}"], "not a featinv run directory"),
+    ],
+)
+def test_user_errors_are_one_sentence_and_exit_2(argv, message, tmp_path, samples, tiny_run, capsys):
+    fill = {"tmp": str(tmp_path), "samples": str(samples / "train"), "run": str(tiny_run)}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("featinv: error:") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_console_script_help():
+    for args in ([], ["train"], ["evaluate"], ["reconstruct"], ["demo"]):
+        r = subprocess.run([sys.executable, "-m", "featinv.cli", *args, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: featinv" in r.stdout
