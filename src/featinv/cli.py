@@ -117,6 +117,25 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote {len(files)} files to {args.out}")
 
 
+def cmd_backbones(args: argparse.Namespace) -> None:
+    from .backbones import describe_backbones
+
+    rows = describe_backbones(args.image_size)
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        present = "ImageNet weights present" if row["weights_present"] else "ImageNet weights not on this machine"
+        print(f"{row['name']}  ({present})")
+        if "error" in row:
+            print(f"    {row['error']}")
+        for t in row["taps"]:
+            alias = f" (alias {t['alias']})" if t["alias"] else ""
+            print(f"    {t['name']}{alias:<16} node {t['node']:<12} {'×'.join(map(str, t['shape']))}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -153,17 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = sub.add_parser("backbones", help="list backbones, their taps and whether weights are present",
+                       description="List every backbone with its stage taps (shapes at --image-size) and "
+                       "whether its ImageNet weights are on this machine. --layers also takes raw graph "
+                       "node names, e.g. layer3.5.relu_2.")
+    p.add_argument("--image-size", type=int, default=224, help="input size for the shapes (default 224)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("demo", help="the whole pipeline on bundled sample photos (CPU, a few minutes)",
                        description="Train a pyramid decoder on 9 bundled photos, evaluate on 3 held-out "
                        "ones and reconstruct them. Falls back to random weights, loudly, when ImageNet "
                        "weights are unavailable.")
     p.add_argument("--out", default="featinv-demo", help="output folder (default ./featinv-demo)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+    p.add_argument("--epochs", type=int, default=40, help="epochs (default 40)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
     return parser
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reconstruct": cmd_reconstruct, "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "reconstruct": cmd_reconstruct,
+    "backbones": cmd_backbones,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

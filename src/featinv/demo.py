@@ -34,7 +34,7 @@ def demo_config(weights: str, epochs: int, device: str) -> RunConfig:
     )
 
 
-def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 30, device: str = "cpu") -> dict[str, Any]:
+def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 40, device: str = "cpu") -> dict[str, Any]:
     """Train a pyramid decoder on 9 bundled photos, evaluate it on 3 held-out ones, reconstruct them."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):

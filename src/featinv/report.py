@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,10 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _wrap(title: str, width: int) -> str:
+    return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -53,7 +58,7 @@ def comparison_figure(
             if i == 0:
                 ax.set_ylabel(name)
         axes[1][i].set_xlabel(labels[i], fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, max(40, 22 * n)), fontsize=9)
     _save_figure(fig, path)
 
 
@@ -72,7 +77,7 @@ def loss_curve(rows: Sequence[dict], title: str, path: Path) -> None:
     ax2.set_ylabel("val PSNR (dB)")
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_wrap(title, 80), fontsize=9)
     _save_figure(fig, path)
 
 
