@@ -111,7 +111,7 @@ class _Evil:
 def test_malicious_pickle_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"conv1.weight": _Evil()}, f)
+        pickle.dump({"conv1.weight": _Evil()}, f, protocol=2)
     with pytest.raises(FeatinvError, match="weights_only"):
         build_backbone("resnet18", str(path))
     assert "must never run" not in capsys.readouterr().out
