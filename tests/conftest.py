@@ -52,3 +52,17 @@ def tiny_run(tmp_path_factory, samples: Path) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(samples / "train", samples / "val"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, samples: Path):
+    """A 1-epoch sweep over layer1 and layer3 (random ResNet-50 weights, 3 training images)."""
+    from featinv.cli import main
+
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    argv = ["-q", "sweep", "--data", str(samples / "train"), "--val-data", str(samples / "val"),
+            "--out", str(out), "--weights", "random", "--layer-sets", "layer1", "layer3",
+            "--epochs", "1", "--batch-size", "3", "--max-images", "3", "--width", "16",
+            "--num-save", "2", "--workers", "0", "--device", "cpu"]
+    assert main(argv) == 0
+    return out, argv

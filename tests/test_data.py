@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from featinv.config import DataConfig
 from featinv.data import (
     ImageDataset,
     SkipLog,
@@ -125,7 +126,7 @@ def test_undecodable_files_are_skipped_with_one_warning_each(tmp_path, samples, 
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 3])
     skips = SkipLog()
     with caplog.at_level(logging.WARNING, logger="featinv"):
-        train, val = split_for_config(tmp_path, None, 0.3, None, skips)
+        train, val = split_for_config(DataConfig(data=str(tmp_path), val_fraction=0.3), skips)
         # Header-valid but truncated: found only when decoding, reported by the loader's collate.
         loader = make_loader(ImageDataset(train + val), batch_size=8, shuffle=False, num_workers=0)
         for batch in loader:
@@ -147,6 +148,18 @@ def test_collate_keeps_good_items_and_lists_failures():
 def test_folder_without_usable_images_is_a_clear_error(tmp_path):
     (tmp_path / "a.jpg").write_text("nope")
     with pytest.raises(FeatinvError, match="no usable training images"):
-        split_for_config(tmp_path, None, 0.1, None, SkipLog())
+        split_for_config(DataConfig(data=str(tmp_path)), SkipLog())
     with pytest.raises(FeatinvError, match="does not exist"):
         find_images(tmp_path / "missing")
+
+
+def test_split_file_gives_a_fixed_split(tmp_path):
+    for i in range(6):
+        _rgb(i, (8, 8)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "split.csv").write_text("file,split\nimg0.png,val\nimg1.png,val\nimg2.png,train\nimg3.png,train\n")
+    train, val = split_for_config(DataConfig(data=str(tmp_path), split_file=str(tmp_path / "split.csv")), SkipLog())
+    assert [r.relpath for r in train] == ["img2.png", "img3.png"]  # unlisted files are left out
+    assert [r.relpath for r in val] == ["img0.png", "img1.png"]
+    (tmp_path / "bad.csv").write_text("file,split\nimg0.png,test\n")
+    with pytest.raises(FeatinvError, match="train or val"):
+        split_for_config(DataConfig(data=str(tmp_path), split_file=str(tmp_path / "bad.csv")), SkipLog())

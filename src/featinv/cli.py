@@ -13,20 +13,19 @@ from .utils import FeatinvError
 log = logging.getLogger("featinv")
 
 
-def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a decoder from backbone features to images",
-        description="Train a decoder that maps frozen backbone features back to the [0,1] RGB image. "
-        "Flags override --config; unset flags keep the config file's (or the default) values.",
-    )
+def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """Data, model and training flags shared by `train` and `sweep`."""
     p.add_argument("--data", help="image folder (ImageFolder tree or flat, searched recursively)")
-    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     p.add_argument("--val-data", help="separate validation folder (default: a hash split of --data)")
     p.add_argument("--val-fraction", type=float, help="share of --data held out for validation (default 0.1)")
+    p.add_argument("--split-file", help="CSV with columns file,split (train/val): a fixed split of --data")
     p.add_argument("--backbone", help="backbone name (default resnet50; see `featinv backbones`)")
-    p.add_argument("--weights", help="imagenet (default), random, or a path to a state-dict file")
-    p.add_argument("--layers", nargs="+", help="taps to decode from (default: layer1 layer2 layer3 layer4)")
+    if sweep:
+        p.add_argument("--weights", nargs="+", default=["imagenet"],
+                       help="one run per weights source: imagenet, random, or state-dict paths (default imagenet)")
+    else:
+        p.add_argument("--weights", help="imagenet (default), random, or a path to a state-dict file")
+        p.add_argument("--layers", nargs="+", help="taps to decode from (default: layer1 layer2 layer3 layer4)")
     p.add_argument("--decoder", help="decoder: pyramid (default) or seed (the original's baseline)")
     p.add_argument("--width", type=int, help="pyramid decoder channels (default 128)")
     p.add_argument("--epochs", type=int, help="epochs (default 10)")
@@ -40,14 +39,45 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data-loader workers (default: from the CPU count)")
     p.add_argument("--num-save", type=int, help="validation pairs saved at the end (default 8)")
     p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a decoder from backbone features to images",
+        description="Train a decoder that maps frozen backbone features back to the [0,1] RGB image. "
+        "Flags override --config; unset flags keep the config file's (or the default) values.",
+    )
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    _add_run_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="the depth study: one decoder per layer set (and weights), same budget",
+        description="Train one decoder per (backbone:weights, layer set) with the same budget and seed, "
+        "score each on the same held-out images, and write summary.{csv,md,json}, figures/ and "
+        "report.html. Running the same command again skips finished configurations.",
+    )
+    p.add_argument("--out", required=True, help="sweep directory")
+    p.add_argument("--layer-sets", nargs="+", default=None,
+                   help="layer sets: stage or layer names, a+b for several, or all "
+                   "(default: stage1 stage2 stage3 stage4 all)")
+    p.add_argument("--models", nargs="+",
+                   help="BACKBONE:WEIGHTS pairs, e.g. efficientnet_lite0:imagenet resnet50:random "
+                   "(instead of --backbone with --weights)")
+    p.add_argument("--no-semantic", action="store_true", help="skip the classifier agreement on reconstructions")
+    _add_run_flags(p, sweep=True)
 
 
 def _build_config(args: argparse.Namespace):
     from .config import RunConfig, load_config
 
     run_cfg = Path(args.out) / "config.yaml"
-    if args.resume:
+    resume, layers = getattr(args, "resume", False), getattr(args, "layers", None)
+    if resume:
         if not run_cfg.is_file():
             raise FeatinvError(f"--resume: {args.out} holds no run to resume; drop --resume to start one.")
         cfg = load_config(run_cfg)
@@ -59,11 +89,12 @@ def _build_config(args: argparse.Namespace):
         ("data", "data"): args.data,
         ("data", "val_data"): args.val_data,
         ("data", "val_fraction"): args.val_fraction,
+        ("data", "split_file"): args.split_file,
         ("data", "max_images"): args.max_images,
         ("data", "num_workers"): args.workers,
         ("backbone", "name"): args.backbone,
-        ("backbone", "weights"): args.weights,
-        ("backbone", "layers"): args.layers,
+        ("backbone", "weights"): args.weights if isinstance(args.weights, str) else None,
+        ("backbone", "layers"): layers,
         ("decoder", "name"): args.decoder,
         ("decoder", "width"): args.width,
         ("train", "epochs"): args.epochs,
@@ -80,7 +111,7 @@ def _build_config(args: argparse.Namespace):
         if value is not None:
             setattr(getattr(cfg, section), key, value)
     # Paths are stored absolute so the run directory alone can find its data again.
-    for key in ("data", "val_data"):
+    for key in ("data", "val_data", "split_file"):
         value = getattr(cfg.data, key)
         if value:
             setattr(cfg.data, key, str(Path(value).expanduser().resolve()))
@@ -88,7 +119,7 @@ def _build_config(args: argparse.Namespace):
     if w not in ("imagenet", "random"):
         cfg.backbone.weights = str(Path(w).expanduser().resolve())
     # Without a flag the ResNet names stay the default; other backbones default to their own taps.
-    if args.backbone and not args.layers and not args.resume and not args.config:
+    if args.backbone and not layers and not resume and not args.config:
         from .backbones import get_spec
 
         cfg.backbone.layers = get_spec(cfg.backbone.name).default_layers
@@ -99,6 +130,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
     train(_build_config(args), args.out, resume=args.resume)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import DEFAULT_LAYER_SETS, parse_models, run_sweep
+
+    base = _build_config(args)
+    models = parse_models(args.models, base.backbone.name, args.weights)
+    models = [(b, w if w in ("imagenet", "random") else str(Path(w).expanduser().resolve())) for b, w in models]
+    rows = run_sweep(base, args.out, args.layer_sets or DEFAULT_LAYER_SETS, models, semantic=not args.no_semantic)
+    from .report import markdown_table
+
+    print(markdown_table(rows))
+    print(f"tables, figures and report.html in {args.out}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    rows = build_report([Path(p) for p in args.paths], Path(args.out), title=args.title)
+    print(f"wrote {args.out} ({len(rows)} configurations)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -154,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
+    _sweep_parser(sub)
 
     p = sub.add_parser("evaluate", help="score a trained run on a folder of images",
                        description="Reconstruct and score images with a run's decoder; writes metrics.json, "
@@ -171,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by `featinv train`")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder")
+
+    p = sub.add_parser("report", help="build the HTML report from run or sweep directories",
+                       description="A self-contained HTML page (figures embedded) with the table, metrics "
+                       "against depth, reconstructions and error maps of the given runs or sweeps.")
+    p.add_argument("paths", nargs="+", help="run directories and/or sweep directories")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--title", default="featinv report", help="page title")
 
     p = sub.add_parser("backbones", help="list backbones, their taps and whether weights are present",
                        description="List every backbone with its stage taps (shapes at --image-size) and "
@@ -191,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "train": cmd_train,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
     "evaluate": cmd_evaluate,
     "reconstruct": cmd_reconstruct,
     "backbones": cmd_backbones,

@@ -19,6 +19,7 @@ class DataConfig:
     data: str = ""  # image folder (ImageFolder tree or flat, searched recursively)
     val_data: Optional[str] = None  # explicit validation folder; else a hash split of `data`
     val_fraction: float = 0.1
+    split_file: Optional[str] = None  # CSV with columns file,split (train/val): a fixed split of `data`
     image_size: int = 224  # crop size
     resize: int = 256  # short side before cropping
     augment: bool = True  # train: random crop + horizontal flip; val is always a center crop

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
+from .config import DataConfig
 from .utils import FeatinvError, progress_enabled
 
 log = logging.getLogger("featinv")
@@ -317,24 +318,43 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).float().div_(255.0)
 
 
-def split_for_config(
-    data: Union[str, Path],
-    val_data: Optional[Union[str, Path]],
-    val_fraction: float,
-    max_images: Optional[int],
-    skips: SkipLog,
-) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """The train and val records a run uses: an explicit ``val_data`` folder, or a hash split.
+def read_split_file(path: Union[str, Path]) -> dict[str, str]:
+    """``file,split`` rows (split = train or val; file relative to the data folder)."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FeatinvError(f"split file {path} does not exist.")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"file", "split"} <= set(rows[0]):
+        raise FeatinvError(f"split file {path} needs a header with the columns file and split.")
+    bad = sorted({r["split"] for r in rows} - {"train", "val"})
+    if bad:
+        raise FeatinvError(f"split file {path}: split must be train or val, found {', '.join(bad)}.")
+    return {r["file"]: r["split"] for r in rows}
+
+
+def split_for_config(cfg: DataConfig, skips: SkipLog) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """The train and val records of ``cfg``: an explicit ``val_data`` folder, a ``split_file``
+    (files it does not list are left out), or a hash split by ``val_fraction``.
 
     ``max_images`` keeps the training images with the smallest path hashes: a stable subset
     that mixes classes. Unreadable files are logged in ``skips`` and left out.
     """
+    data, val_data, split_file, max_images = cfg.data, cfg.val_data, cfg.split_file, cfg.max_images
     # Probe before splitting: the split keys on paths alone, so skipped files move nobody.
     records = probe_records(find_images(data).records, skips)
+    if val_data and split_file:
+        raise FeatinvError("pass either --val-data or --split-file, not both.")
     if val_data:
         train, val = records, probe_records(find_images(val_data).records, skips)
+    elif split_file:
+        side = read_split_file(split_file)
+        train = [r for r in records if side.get(r.relpath) == "train"]
+        val = [r for r in records if side.get(r.relpath) == "val"]
     else:
-        train, val = split_records(records, val_fraction)
+        train, val = split_records(records, cfg.val_fraction)
     if max_images is not None:
         if max_images < 1:
             raise FeatinvError(f"--max-images must be at least 1, got {max_images}.")

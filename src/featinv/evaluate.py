@@ -225,7 +225,7 @@ def evaluate_run(
     cfg = run.config
     skips = SkipLog()
     if data is None:
-        _, records = split_for_config(cfg.data.data, cfg.data.val_data, cfg.data.val_fraction, cfg.data.max_images, skips)
+        _, records = split_for_config(cfg.data, skips)
         source = "the run's validation split"
     else:
         records = probe_records(find_images(data).records, skips)
@@ -283,3 +283,37 @@ def reconstruct_files(
             report.save_png(t, target)
             written.append(target)
     return written
+
+
+def agreement(logits_original: torch.Tensor, logits_reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: does the reconstruction's top-1 class equal the original's (top-1 agreement),
+    and is the original's top-1 class among the reconstruction's top 5 (top-5 agreement)?"""
+    ref = logits_original.argmax(1)
+    top5 = logits_reconstruction.topk(min(5, logits_reconstruction.shape[1]), dim=1).indices
+    return (top5[:, 0] == ref), (top5 == ref[:, None]).any(1)
+
+
+@torch.no_grad()
+def semantic_agreement(
+    run: Run, classifier: nn.Module, records: Sequence[ImageRecord], batch_size: int = 32, num_workers: int = -1
+) -> dict[str, float]:
+    """How much meaning survives: the classifier's predictions on reconstructions vs originals.
+
+    Both go through ``classifier`` (a :class:`featinv.backbones.Classifier`, which applies its
+    backbone's own normalization) as the same [0,1] center crops the decoder was scored on.
+    """
+    cfg = run.config.data
+    classifier = classifier.to(run.device).eval()
+    loader = make_loader(ImageDataset(records, cfg.image_size, cfg.resize), batch_size, shuffle=False,
+                         num_workers=num_workers, pin_memory=run.device.type == "cuda")
+    loader.sampler.set_epoch(0)
+    top1 = top5 = n = 0
+    for batch in loader:
+        if "image" not in batch:
+            continue
+        x = to_float(batch["image"], run.device)
+        a1, a5 = agreement(classifier(x), classifier(run.reconstruct(x)))
+        top1, top5, n = top1 + int(a1.sum()), top5 + int(a5.sum()), n + len(x)
+    if n == 0:
+        raise FeatinvError("no image could be decoded for the semantic agreement.")
+    return {"top1_agreement": top1 / n, "top5_agreement": top5 / n, "n_images": n}

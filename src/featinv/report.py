@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
+import json
+import statistics
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
-from .utils import atomic_write_bytes, atomic_write_text
+from .utils import FeatinvError, atomic_write_bytes, atomic_write_text
 
 
 def _pyplot():
@@ -26,11 +31,15 @@ def _wrap(title: str, width: int) -> str:
     return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
 
 
-def _save_figure(fig, path: Path) -> None:
+def _figure_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _save_figure(fig, path: Path) -> None:
+    atomic_write_bytes(path, _figure_bytes(fig))
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -87,3 +96,315 @@ def write_skipped(rows: Sequence[tuple[str, str]], path: Path) -> None:
     w.writerow(["file", "reason"])
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+# ── run directories → table rows ──────────────────────────────────────────────────────────────
+
+
+def run_completed(run_dir: Path) -> bool:
+    path = Path(run_dir) / "summary.json"
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("status") == "completed"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _layer_set_label(backbone: str, layers: Sequence[str]) -> str:
+    """Layers named by stage (stage1..stage4, or `all`), whatever spelling the run used."""
+    from .backbones import STAGES, get_spec
+
+    spec = get_spec(backbone)
+    stages = [spec.stage_of(layer) or layer for layer in layers]
+    return "all" if sorted(stages) == list(STAGES) else "+".join(stages)
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """One table row from a finished run directory (its summary, per-image scores, semantics)."""
+    run_dir = Path(run_dir)
+    if not run_completed(run_dir):
+        raise FeatinvError(f"{run_dir} is not a finished featinv run (no completed summary.json).")
+    s = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    per = _read_csv(run_dir / "results" / "per_image.csv")
+    stride = min(s["strides"].values())
+    bicubic = next((v for k, v in s["reference"].items() if k.startswith("bicubic")), {})
+    mean_img = s["reference"].get("mean_image", {})
+    row: dict[str, Any] = {
+        "name": run_dir.name,
+        "backbone": s["backbone"]["backbone"],
+        "weights": s["backbone"]["weights"],
+        "layer_set": _layer_set_label(s["backbone"]["backbone"], s["layers"]),
+        "layers": "+".join(s["layers"]),
+        "stride": stride,
+        "n_images": s["val_images"],
+    }
+    for k in ("mse", "psnr", "ssim"):
+        values = [float(r[k]) for r in per]
+        row[k] = s["val"][k]
+        row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row.update(
+        parameters=s["decoder_parameters"],
+        epochs=s["epochs"],
+        train_time_s=s["train_time_s"],
+        ref_mean_image_psnr=mean_img.get("psnr"),
+        ref_mean_image_ssim=mean_img.get("ssim"),
+        ref_bicubic=f"x{stride}",
+        ref_bicubic_psnr=bicubic.get("psnr"),
+        ref_bicubic_ssim=bicubic.get("ssim"),
+        top1_agreement=None,
+        top5_agreement=None,
+    )
+    sem = run_dir / "semantic.json"
+    if sem.is_file():
+        d = json.loads(sem.read_text(encoding="utf-8"))
+        row.update(top1_agreement=d["top1_agreement"], top5_agreement=d["top5_agreement"])
+    return row
+
+
+def expand_report_paths(paths: Sequence[Path]) -> list[Path]:
+    """Run directories, and sweep directories (their runs, in the sweep's order)."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "sweep.json").is_file():
+            runs += [p / "runs" / name for name in json.loads((p / "sweep.json").read_text())["runs"]]
+        elif (p / "summary.json").is_file() or (p / "config.yaml").is_file():
+            runs.append(p)
+        else:
+            raise FeatinvError(f"{p} is neither a featinv run nor a sweep directory.")
+    return runs
+
+
+# ── tables ────────────────────────────────────────────────────────────────────────────────────
+
+TABLE_FIELDS = [
+    "name", "backbone", "weights", "layer_set", "layers", "stride", "n_images",
+    "mse", "mse_std", "psnr", "psnr_std", "ssim", "ssim_std", "parameters", "epochs", "train_time_s",
+    "ref_mean_image_psnr", "ref_mean_image_ssim", "ref_bicubic", "ref_bicubic_psnr", "ref_bicubic_ssim",
+    "top1_agreement", "top5_agreement",
+]
+TABLE_HEAD = ["configuration", "layers", "stride", "PSNR (dB)", "SSIM", "MSE", "parameters", "train time",
+              "mean image PSNR / SSIM", "bicubic thumbnail PSNR / SSIM", "top-1 / top-5 agreement"]
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _model_label(r: dict[str, Any]) -> str:
+    return f"{r['backbone']} ({r['weights']})"
+
+
+def table_cells(r: dict[str, Any]) -> list[str]:
+    """The human-readable cells of one row, shared by the Markdown table and the HTML page."""
+    return [
+        _model_label(r), r["layer_set"], str(r["stride"]),
+        f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.3f} ± {r['ssim_std']:.3f}", f"{r['mse']:.5f}",
+        f"{r['parameters'] / 1e6:.2f}M", f"{r['train_time_s']:.0f} s",
+        f"{_fmt(r['ref_mean_image_psnr'], 2)} / {_fmt(r['ref_mean_image_ssim'])}",
+        f"{r['ref_bicubic']}: {_fmt(r['ref_bicubic_psnr'], 2)} / {_fmt(r['ref_bicubic_ssim'])}",
+        f"{_fmt(r['top1_agreement'], 2)} / {_fmt(r['top5_agreement'], 2)}",
+    ]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: Sequence[dict[str, Any]], out: Path) -> None:
+    """``summary.csv``, ``summary.md`` and ``summary.json`` in ``out``."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=TABLE_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows([{k: ("" if r[k] is None else r[k]) for k in TABLE_FIELDS} for r in rows])
+    atomic_write_text(out / "summary.csv", buf.getvalue())
+    atomic_write_text(out / "summary.md", markdown_table(rows))
+    atomic_write_text(out / "summary.json", json.dumps(list(rows), indent=2) + "\n")
+
+
+# ── figures ───────────────────────────────────────────────────────────────────────────────────
+
+
+def metrics_vs_depth_figure(rows: Sequence[dict[str, Any]]):
+    """PSNR and SSIM per layer set, a line per backbone/weights, reference lines drawn in."""
+    plt = _pyplot()
+    sets = list(dict.fromkeys(r["layer_set"] for r in rows))
+    stride_of = {r["layer_set"]: r["stride"] for r in rows}
+    xs = {s: i for i, s in enumerate(sets)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, unit in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+        for label in dict.fromkeys(_model_label(r) for r in rows):
+            rs = [r for r in rows if _model_label(r) == label]
+            ax.errorbar([xs[r["layer_set"]] for r in rs], [r[metric] for r in rs],
+                        yerr=[r[f"{metric}_std"] for r in rs], marker="o", capsize=3, label=label)
+        ref = {r["layer_set"]: r[f"ref_bicubic_{metric}"] for r in rows if r[f"ref_bicubic_{metric}"] is not None}
+        if ref:
+            ax.plot([xs[s] for s in ref], list(ref.values()), "k--", marker="x", alpha=0.6,
+                    label="bicubic thumbnail at the layer's stride")
+        means = [r[f"ref_mean_image_{metric}"] for r in rows if r[f"ref_mean_image_{metric}"] is not None]
+        if means:
+            ax.axhline(sum(means) / len(means), color="grey", linestyle=":", label="mean training image")
+        ax.set_xticks(range(len(sets)))
+        ax.set_xticklabels([f"{s}\n(stride {stride_of[s]})" for s in sets])
+        ax.set_ylabel(unit)
+        ax.set_xlabel("layers decoded (finest stride)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("What each depth keeps: validation metrics (mean ± std over images)", fontsize=10)
+    return fig
+
+
+def _load_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _pairs(run_dirs: Sequence[Path], n: int) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[list[str]]]:
+    """Originals from the first run; every run's reconstructions and per-image labels."""
+    first = Path(run_dirs[0]) / "results"
+    k = 0
+    while k < n and all((Path(d) / "results" / f"reconstruction_{k}.png").is_file() for d in run_dirs):
+        k += 1
+    originals = [_load_png(first / f"original_{i}.png") for i in range(k)]
+    recons, labels = [], []
+    for d in run_dirs:
+        per = _read_csv(Path(d) / "results" / "per_image.csv")
+        recons.append([_load_png(Path(d) / "results" / f"reconstruction_{i}.png") for i in range(k)])
+        labels.append([f"{float(per[i]['psnr']):.1f} dB / {float(per[i]['ssim']):.2f}" for i in range(k)])
+    return originals, recons, labels
+
+
+def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int = 4, errors: bool = False):
+    """Rows = held-out images; columns = the original, then each configuration's reconstruction
+    (or, with ``errors``, its per-pixel absolute error averaged over RGB)."""
+    plt = _pyplot()
+    originals, recons, labels = _pairs(run_dirs, n)
+    if not originals:
+        raise FeatinvError(f"{run_dirs[0]} has no saved pairs (results/original_0.png); train with --num-save > 0.")
+    cols = 1 + len(run_dirs)
+    fig, axes = plt.subplots(len(originals), cols, figsize=(2.1 * cols, 2.2 * len(originals)), squeeze=False)
+    image = None
+    for i, x in enumerate(originals):
+        axes[i][0].imshow(x)
+        for j, r in enumerate(rows):
+            ax = axes[i][j + 1]
+            if errors:
+                err = np.abs(recons[j][i].astype(np.float32) - x.astype(np.float32)).mean(-1) / 255.0
+                image = ax.imshow(err, cmap="magma", vmin=0.0, vmax=0.5)
+            else:
+                ax.imshow(recons[j][i])
+            ax.set_xlabel(labels[j][i], fontsize=7)
+            if i == 0:
+                ax.set_title(f"{_model_label(r)}\n{r['layer_set']}", fontsize=7)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("original", fontsize=8)
+    if errors and image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="|error| (mean over RGB)")
+    fig.suptitle("per-pixel absolute error" if errors else "held-out images and their reconstructions (PSNR / SSIM)",
+                 fontsize=10)
+    return fig
+
+
+# ── the HTML report ───────────────────────────────────────────────────────────────────────────
+
+
+def _paragraph(r: dict[str, Any]) -> str:
+    text = (
+        f"<b>{html.escape(_model_label(r))}, {html.escape(r['layer_set'])}</b> (layers {html.escape(r['layers'])}, "
+        f"finest stride {r['stride']}): PSNR {r['psnr']:.2f} ± {r['psnr_std']:.2f} dB, "
+        f"SSIM {r['ssim']:.3f} ± {r['ssim_std']:.3f}, MSE {r['mse']:.5f} over {r['n_images']} held-out images"
+    )
+    if r["ref_bicubic_psnr"] is not None:
+        diff = r["psnr"] - r["ref_bicubic_psnr"]
+        text += (f"; {abs(diff):.2f} dB {'above' if diff >= 0 else 'below'} the bicubic {r['ref_bicubic']} "
+                 f"thumbnail ({r['ref_bicubic_psnr']:.2f} dB)")
+    if r["ref_mean_image_psnr"] is not None:
+        text += f" and {r['psnr'] - r['ref_mean_image_psnr']:+.2f} dB against the mean training image"
+    if r["top1_agreement"] is not None:
+        text += (f". The classifier's top-1 class on the reconstruction matches the original's for "
+                 f"{100 * r['top1_agreement']:.0f}% of images; the original's class is in the top 5 for "
+                 f"{100 * r['top5_agreement']:.0f}%")
+    return (f"<p>{text}. Decoder: {r['parameters'] / 1e6:.2f}M parameters, {r['epochs']} epochs, "
+            f"{r['train_time_s']:.0f} s of training.</p>")
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def build_report(
+    paths: Sequence[Path],
+    out_html: Path,
+    figures_dir: Optional[Path] = None,
+    title: str = "featinv report",
+    info: Optional[dict[str, str]] = None,
+) -> list[dict[str, Any]]:
+    """A self-contained HTML page (figures embedded) from run or sweep directories.
+
+    Returns the table rows. ``figures_dir`` also receives the figures as PNG files.
+    """
+    from . import __version__
+    from .config import load_config
+
+    run_dirs = expand_report_paths(paths)
+    if not run_dirs:
+        raise FeatinvError("nothing to report: no run directories given.")
+    rows = [run_row(d) for d in run_dirs]
+    figures = {
+        "metrics_vs_depth": _figure_bytes(metrics_vs_depth_figure(rows)),
+        "grid": _figure_bytes(grid_figure(run_dirs, rows)),
+        "error_maps": _figure_bytes(grid_figure(run_dirs, rows, errors=True)),
+    }
+    if figures_dir is not None:
+        for name, data in figures.items():
+            atomic_write_bytes(Path(figures_dir) / f"{name}.png", data)
+    cfg = load_config(Path(run_dirs[0]) / "config.yaml")
+    first = json.loads((Path(run_dirs[0]) / "summary.json").read_text(encoding="utf-8"))
+    facts = {
+        "training data": cfg.data.data,
+        "validation data": cfg.data.val_data or f"hash split of the training folder, fraction {cfg.data.val_fraction}",
+        "images (train / val)": f"{first['train_images']} / {first['val_images']}",
+        "backbones and weights": ", ".join(dict.fromkeys(_model_label(r) for r in rows)),
+        "decoder": f"{cfg.decoder.name} (width {cfg.decoder.width})",
+        "budget per configuration": f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
+                                    f"{cfg.train.schedule} schedule, seed {cfg.train.seed}",
+        "total training time": f"{sum(r['train_time_s'] for r in rows):.0f} s",
+        "device": first.get("device", "?"),
+        "software": f"featinv {__version__}, torch {first.get('torch_version', '?')}",
+        **(info or {}),
+    }
+    if cfg.notes:
+        facts["notes"] = " ".join(cfg.notes)
+    page = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
+        "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>What was run</h2><table>",
+        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()],
+        "</table>",
+        "<h2>Results</h2><table>",
+        "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEAD) + "</tr>",
+        *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in rows],
+        "</table>",
+        "<h2>Metrics against depth</h2>", _img(figures["metrics_vs_depth"], "PSNR and SSIM against depth"),
+        "<h2>Reconstructions</h2>", _img(figures["grid"], "held-out images and reconstructions"),
+        "<h2>Where information is lost</h2>", _img(figures["error_maps"], "per-pixel error maps"),
+        "<h2>Per configuration</h2>", *[_paragraph(r) for r in rows],
+        "</body></html>",
+    ]
+    atomic_write_text(out_html, "\n".join(page) + "\n")
+    return rows

@@ -146,7 +146,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
 
     skips = SkipLog()
     d = cfg.data
-    train_recs, val_recs = split_for_config(d.data, d.val_data, d.val_fraction, d.max_images, skips)
+    train_recs, val_recs = split_for_config(d, skips)
     extractor = FeatureExtractor(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.layers, seed=seed).to(device)
     shapes = extractor.feature_shapes(d.image_size)
     ref_stride = min(extractor.strides(d.image_size).values())
@@ -309,7 +309,9 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         "notes": cfg.notes,
         "backbone": extractor.weights_info,
         "layers": cfg.backbone.layers,
+        "image_size": d.image_size,
         "feature_shapes": {k: list(v) for k, v in shapes.items()},
+        "strides": extractor.strides(d.image_size),
         "decoder": cfg.decoder.name,
         "decoder_parameters": count_parameters(decoder),
         "epochs": cfg.train.epochs,

@@ -1,0 +1,131 @@
+"""The depth study: one decoder per (backbone, weights, layer set), same budget, same held-out images.
+
+A sweep directory holds ``sweep.json`` (the plan), ``runs/<name>/`` (ordinary run directories),
+``summary.{csv,md,json}``, ``figures/`` and ``report.html``. Running the same sweep again skips
+finished runs and resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from . import report
+from .backbones import Classifier, get_spec
+from .config import BackboneConfig, RunConfig
+from .data import SkipLog, split_for_config
+from .evaluate import load_run, semantic_agreement
+from .train import train, validate_config
+from .utils import FeatinvError, atomic_write_text
+
+log = logging.getLogger("featinv")
+
+DEFAULT_LAYER_SETS = ("stage1", "stage2", "stage3", "stage4", "all")
+
+
+@dataclass(frozen=True)
+class Entry:
+    backbone: str
+    weights: str
+    layer_set: str
+    layers: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        w = self.weights if self.weights in ("imagenet", "random") else Path(self.weights).stem
+        return f"{self.backbone}-{w}-{self.layer_set}".replace("/", "_")
+
+
+def parse_models(models: Optional[Sequence[str]], backbone: str, weights: Sequence[str]) -> list[tuple[str, str]]:
+    """``--models NAME:WEIGHTS ...`` if given, else ``--backbone`` with each of ``--weights``."""
+    if not models:
+        return [(backbone, w) for w in weights]
+    out = []
+    for m in models:
+        name, sep, w = m.partition(":")
+        if not sep or not name or not w:
+            raise FeatinvError(f"--models takes BACKBONE:WEIGHTS items (e.g. efficientnet_lite0:imagenet), got '{m}'.")
+        out.append((name, w))
+    return out
+
+
+def expand_layer_set(backbone: str, layer_set: str) -> tuple[str, ...]:
+    """``all`` → the backbone's four stages; ``a+b`` → both; a single name → itself.
+    ResNets accept ``layerN`` and ``stageN`` alike."""
+    spec = get_spec(backbone)
+    if layer_set == "all":
+        return tuple(spec.default_layers)
+    inverse = {stage: alias for alias, stage in spec.aliases.items()}
+    # Report ResNet stages by their familiar names whichever spelling the user chose.
+    return tuple(inverse.get(part, part) for part in layer_set.split("+"))
+
+
+def plan(base: RunConfig, layer_sets: Sequence[str], models: Sequence[tuple[str, str]]) -> list[Entry]:
+    entries = [
+        Entry(b, w, ls, expand_layer_set(b, ls)) for b, w in models for ls in layer_sets
+    ]
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise FeatinvError("the sweep names a configuration twice; check --layer-sets and --models.")
+    return entries
+
+
+def entry_config(base: RunConfig, e: Entry) -> RunConfig:
+    cfg = copy.deepcopy(base)
+    cfg.backbone = BackboneConfig(name=e.backbone, weights=e.weights, layers=list(e.layers))
+    return cfg
+
+
+def run_sweep(
+    base: RunConfig,
+    out: Union[str, Path],
+    layer_sets: Sequence[str] = DEFAULT_LAYER_SETS,
+    models: Sequence[tuple[str, str]] = (("resnet50", "imagenet"),),
+    semantic: bool = True,
+) -> list[dict[str, Any]]:
+    """Train and score every configuration, then write the tables, figures and report."""
+    out = Path(out)
+    validate_config(base)
+    entries = plan(base, layer_sets, models)
+    for e in entries:  # fail on a bad layer or backbone name before hours of training
+        get_spec(e.backbone)
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_meta = {
+        "layer_sets": list(layer_sets),
+        "models": [f"{b}:{w}" for b, w in models],
+        "runs": [e.name for e in entries],
+        "base_config": base.to_dict(),
+    }
+    atomic_write_text(out / "sweep.json", json.dumps(sweep_meta, indent=2) + "\n")
+    for i, e in enumerate(entries, 1):
+        run_dir = out / "runs" / e.name
+        log.info("── sweep %d/%d: %s", i, len(entries), e.name)
+        if report.run_completed(run_dir):
+            log.info("already finished; skipping")
+        else:
+            resume = (run_dir / "checkpoints" / "last.pt").is_file()
+            if not resume and run_dir.exists():
+                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
+            train(entry_config(base, e), run_dir, resume=resume)
+        if semantic and e.weights != "random" and not (run_dir / "semantic.json").is_file():
+            run = load_run(run_dir, device=base.train.device)
+            d = run.config.data
+            _, val = split_for_config(d, SkipLog())
+            result = semantic_agreement(run, Classifier(e.backbone, e.weights, seed=base.train.seed), val,
+                                        batch_size=base.train.batch_size, num_workers=d.num_workers)
+            atomic_write_text(run_dir / "semantic.json", json.dumps(result, indent=2) + "\n")
+    run_dirs = [out / "runs" / e.name for e in entries]
+    rows = report.build_report(
+        run_dirs, out / "report.html", figures_dir=out / "figures",
+        title=f"featinv depth study: {out.name}",
+        info={"command": "featinv sweep", "sweep time (this invocation)": f"{time.perf_counter() - t0:.0f} s"},
+    )
+    report.write_tables(rows, out)
+    return rows

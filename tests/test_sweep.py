@@ -1,0 +1,87 @@
+"""The depth study: a tiny sweep writes every output, consistently, and resumes by skipping."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import featinv.sweep as sweep_module
+from featinv.backbones import Classifier
+from featinv.cli import main
+from featinv.evaluate import agreement, load_run, semantic_agreement
+from featinv.data import find_images
+
+SWEEP_FILES = ["sweep.json", "summary.csv", "summary.md", "summary.json", "report.html",
+               "figures/metrics_vs_depth.png", "figures/grid.png", "figures/error_maps.png"]
+
+
+def test_sweep_writes_every_file_with_the_runs_numbers(tiny_sweep):
+    out, _ = tiny_sweep
+    for name in SWEEP_FILES:
+        assert (out / name).is_file(), name
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["name"] for r in rows] == ["resnet50-random-layer1", "resnet50-random-layer3"]
+    assert [r["stride"] for r in rows] == [4, 16]
+    for r in rows:
+        s = json.loads((out / "runs" / r["name"] / "summary.json").read_text())
+        for k in ("mse", "psnr", "ssim"):
+            assert r[k] == s["val"][k]
+        assert r["ref_mean_image_psnr"] == s["reference"]["mean_image"]["psnr"]
+        assert r["ref_bicubic_psnr"] == s["reference"][f"bicubic_x{r['stride']}"]["psnr"]
+        assert r["parameters"] == s["decoder_parameters"] and r["train_time_s"] == s["train_time_s"]
+        assert r["psnr_std"] > 0 and r["top1_agreement"] is None  # random weights: no semantics
+    table = list(csv.DictReader(open(out / "summary.csv")))
+    assert [float(t["psnr"]) for t in table] == [r["psnr"] for r in rows]
+    md = (out / "summary.md").read_text()
+    assert f"{rows[0]['psnr']:.2f} ± {rows[0]['psnr_std']:.2f}" in md
+
+
+def test_running_the_sweep_again_skips_finished_configurations(tiny_sweep, monkeypatch):
+    out, argv = tiny_sweep
+    before = (out / "summary.json").read_text()
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished configuration was trained again")
+
+    monkeypatch.setattr(sweep_module, "train", no_training)
+    assert main(argv) == 0
+    assert (out / "summary.json").read_text() == before
+
+
+def test_report_command_rebuilds_the_page_from_runs(tiny_sweep, tmp_path):
+    out, _ = tiny_sweep
+    page = tmp_path / "r.html"
+    assert main(["-q", "report", str(out / "runs" / "resnet50-random-layer1"), str(out), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 3
+    assert text.count("<tr><td>resnet50 (random)</td>") == 3  # one run, then the sweep's two
+
+
+def test_agreement_is_one_for_identical_predictions():
+    logits = torch.randn(6, 1000)
+    a1, a5 = agreement(logits, logits.clone())
+    assert a1.all() and a5.all()
+    shuffled = logits[torch.tensor([1, 2, 3, 4, 5, 0])]
+    assert not agreement(logits, shuffled)[0].all()
+
+
+def test_semantic_agreement_perfect_reconstructions_and_gray_ones(tiny_run, samples):
+    """With a real (offline, pretrained) classifier: reconstructions equal to the originals agree
+    fully; flat gray 'reconstructions' cannot agree on three different photos."""
+    run = load_run(tiny_run, device="cpu")
+    records = find_images(samples / "val").records
+    clf = Classifier("efficientnet_lite0", "imagenet")
+    run.reconstruct = lambda x: x
+    perfect = semantic_agreement(run, clf, records, num_workers=0)
+    assert perfect["top1_agreement"] == 1.0 and perfect["top5_agreement"] == 1.0
+    run.reconstruct = lambda x: torch.full_like(x, 0.5)
+    gray = semantic_agreement(run, clf, records, num_workers=0)
+    assert gray["top1_agreement"] < 1.0
+
+
+def test_classifier_applies_its_backbones_own_normalization():
+    clf = Classifier("efficientnet_lite0", "imagenet")
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(clf(x), clf.model((x - 0.5) / 0.5))
