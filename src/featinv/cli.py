@@ -38,6 +38,9 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--no-augment", action="store_true", help="train on center crops (no random crop/flip)")
     p.add_argument("--workers", type=int, help="data-loader workers (default: from the CPU count)")
     p.add_argument("--num-save", type=int, help="validation pairs saved at the end (default 8)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between mid-epoch checkpoints (default 200; 0: epoch ends only)")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
     p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
 
 
@@ -104,9 +107,12 @@ def _build_config(args: argparse.Namespace):
         ("train", "seed"): args.seed,
         ("train", "device"): args.device,
         ("train", "num_save"): args.num_save,
+        ("train", "checkpoint_every"): args.checkpoint_every,
     }
     if args.no_augment:
         overrides[("data", "augment")] = False
+    if args.strict:
+        overrides[("data", "strict")] = True
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)
@@ -264,8 +270,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    from .train import TrainingInterrupted
+
     try:
         COMMANDS[args.command](args)
+    except TrainingInterrupted as e:
+        print(f"featinv: {e}", file=sys.stderr)
+        return e.exit_code
     except FeatinvError as e:
         print(f"featinv: error: {e}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ class DataConfig:
     augment: bool = True  # train: random crop + horizontal flip; val is always a center crop
     max_images: Optional[int] = None  # cap on training images (after the split), for quick runs
     num_workers: int = -1  # DataLoader workers; -1 picks from the CPU count
+    strict: bool = False  # any unreadable file is an error instead of a skip
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_save: int = 8  # original/reconstruction pairs saved at the end
+    checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: epoch ends only)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .utils import FeatinvError, progress_enabled
 
 log = logging.getLogger("featinv")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,16 @@ class ImageSet:
 
 
 class SkipLog:
-    """Files that could not be used: each is reported once, with its reason."""
+    """Files that could not be used: each is reported once, with its reason.
+    With ``strict``, the first one is an error instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = False) -> None:
         self.reasons: dict[str, str] = {}
+        self.strict = strict
 
     def add(self, relpath: str, reason: str) -> None:
+        if self.strict:
+            raise FeatinvError(f"cannot use {relpath}: {reason} (--strict turns skips into errors).")
         if relpath not in self.reasons:
             self.reasons[relpath] = reason
             log.warning("skipping %s: %s", relpath, reason)
@@ -310,7 +314,16 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
     )
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process saves a checkpoint and stops the
+    # workers itself, so they must not die mid-batch first.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -9,6 +9,8 @@ import logging
 import math
 import platform
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -30,7 +32,44 @@ log = logging.getLogger("featinv")
 
 METRIC_FIELDS = ["epoch", "train_loss", "val_mse", "val_psnr", "val_ssim", "lr", "epoch_time_s", "train_images_per_s"]
 # Keys a resumed run may change; anything else must match the saved config.
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("data", "num_workers")}
+RESUMABLE_CHANGES = {
+    ("train", "epochs"), ("train", "device"), ("train", "checkpoint_every"), ("data", "num_workers"), ("data", "strict"),
+}
+
+
+class TrainingInterrupted(FeatinvError):
+    """SIGINT or SIGTERM arrived; a resumable checkpoint was saved."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal.Signals[signal_name].value
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set ``signal``: the loop checkpoints and stops
+    at the end of the current step instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers only install there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def record_failure(out: Path, message: str) -> None:
+    """Mark the run failed in ``summary.json`` (checkpoints stay as they were)."""
+    atomic_write_text(out / "summary.json", json.dumps({"status": "failed", "error": message}, indent=2) + "\n")
 
 
 def validate_config(cfg: RunConfig) -> None:
@@ -43,6 +82,7 @@ def validate_config(cfg: RunConfig) -> None:
         (t.weight_decay >= 0, f"weight_decay must be >= 0, got {t.weight_decay}."),
         (t.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {t.schedule!r}."),
         (t.num_save >= 0, f"--num-save must be >= 0, got {t.num_save}."),
+        (t.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {t.checkpoint_every}."),
         (d.image_size >= 32, f"image_size must be at least 32, got {d.image_size}."),
         (bool(d.data), "--data is required: a folder of images."),
         (bool(cfg.backbone.layers), "--layers needs at least one layer."),
@@ -144,7 +184,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    skips = SkipLog()
+    skips = SkipLog(strict=cfg.data.strict)
     d = cfg.data
     train_recs, val_recs = split_for_config(d, skips)
     extractor = FeatureExtractor(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.layers, seed=seed).to(device)
@@ -164,7 +204,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     val_ds = ImageDataset(val_recs, d.image_size, d.resize, train=False)
     train_loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, seed=seed, num_workers=d.num_workers, pin_memory=pin)
     val_loader = make_loader(val_ds, cfg.train.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
     total = cfg.train.epochs * steps_per_epoch
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -172,31 +212,46 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     )
 
     ckpt_dir = out / "checkpoints"
-    start_epoch, best_psnr, best_epoch = 0, -math.inf, 0
+    start_epoch, start_step, best_psnr, best_epoch = 0, 0, -math.inf, 0
     mean_sum = torch.zeros(3, d.image_size, d.image_size, dtype=torch.float64, device=device)
     mean_n = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # of the epoch in progress
+    n = 0
     elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
     if resume:
-        ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling refusals and corrupt files alike
+            raise FeatinvError(
+                f"--resume: cannot load {ckpt_dir / 'last.pt'} as a plain checkpoint "
+                f"(loaded with weights_only=True, which never runs code from the file): {str(e).splitlines()[0]}"
+            ) from None
         if ckpt["decoder_spec"] != decoder.spec:
-            raise FeatinvError(f"--resume: the checkpoint in {out} was built for another decoder or layer set.")
+            raise FeatinvError(
+                f"--resume: the checkpoint in {out} was built for another decoder, backbone or layer set "
+                f"({ckpt['decoder_spec']['name']} on {', '.join(ckpt['decoder_spec']['shapes'])})."
+            )
         decoder.load_state_dict(ckpt["decoder"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_psnr, best_epoch = ckpt["epoch"], ckpt["best_psnr"], ckpt["best_epoch"]
+        start_epoch, start_step = ckpt["epoch"], ckpt["step"]
+        best_psnr, best_epoch = ckpt["best_psnr"], ckpt["best_epoch"]
         mean_sum, mean_n = ckpt["mean_sum"].to(device), ckpt["mean_n"]
+        loss_sum, n = ckpt["loss_sum"].to(device), ckpt["n"]
         torch.set_rng_state(ckpt["rng"])
         elapsed_before = ckpt["elapsed_s"]
-        log.info("resuming %s from epoch %d", out, start_epoch)
+        log.info("resuming %s at epoch %d, step %d", out, start_epoch + 1, start_step)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     metrics_path = out / "metrics.csv"
     rows = [r for r in _read_metrics(metrics_path) if int(r["epoch"]) <= start_epoch]
     _write_metrics(rows, metrics_path)
 
-    def checkpoint(epoch: int) -> dict:
+    def checkpoint(epoch: int, step: int) -> dict:
+        """``epoch`` epochs done, plus ``step`` batches of the next one."""
         return {
             "epoch": epoch,
+            "step": step,
             "decoder": decoder.state_dict(),
             "decoder_spec": decoder.spec,
             "optimizer": opt.state_dict(),
@@ -205,84 +260,121 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             "best_epoch": best_epoch,
             "mean_sum": mean_sum.cpu(),
             "mean_n": mean_n,
+            "loss_sum": loss_sum.cpu(),
+            "n": n,
             "rng": torch.get_rng_state(),
             "elapsed_s": elapsed_before + time.perf_counter() - t0,
             "config": cfg.to_dict(),
         }
 
+    def fail(message: str) -> FeatinvError:
+        record_failure(out, message)
+        return FeatinvError(message)
+
     from tqdm.auto import tqdm
 
     ev: Optional[Evaluation] = None
     last = cfg.train.epochs - 1
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t_epoch = time.perf_counter()
-        train_loader.sampler.set_epoch(epoch)
-        decoder.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        n = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False, disable=not progress_enabled())
-        for step, batch in enumerate(bar):
-            for index, reason in batch["skipped"]:
-                skips.add(train_recs[index].relpath, reason)
-            if "image" not in batch:
-                continue
-            x = to_float(batch["image"], device)
-            with torch.no_grad():
-                feats = extractor(x)
-            parts = loss_fn(decoder(feats), x)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            sched.step()
-            loss_sum += parts["loss"].detach().double() * len(x)
-            n += len(x)
-            if epoch == 0:
-                mean_sum += x.sum(0, dtype=torch.float64)
-                mean_n += len(x)
-            if step % 20 == 0:  # the only host syncs: progress and the finite-loss check
-                value = float(parts["loss"].detach())
-                if not math.isfinite(value):
-                    raise FeatinvError(
-                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                        f"the last good checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
+    every = cfg.train.checkpoint_every
+    check_every = 1 if device.type == "cpu" else 20  # finite-loss checks sync the host; free on the CPU
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            t_epoch = time.perf_counter()
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                loss_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0
+            # Batches are consecutive slices of a fixed order: skipping `first` batches replays the rest.
+            train_loader.sampler.set_epoch(epoch, start=first * cfg.train.batch_size)
+            decoder.train()
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False,
+                       disable=not progress_enabled())
+            for step, batch in enumerate(bar, start=first):
+                for index, reason in batch["skipped"]:
+                    skips.add(train_recs[index].relpath, reason)
+                if "image" in batch:
+                    x = to_float(batch["image"], device)
+                    try:
+                        with torch.no_grad():
+                            feats = extractor(x)
+                        parts = loss_fn(decoder(feats), x)
+                        opt.zero_grad(set_to_none=True)
+                        parts["loss"].backward()
+                    except torch.cuda.OutOfMemoryError:
+                        raise fail(
+                            f"out of GPU memory at batch size {cfg.train.batch_size} (epoch {epoch + 1}, step {step + 1}); "
+                            f"try --batch-size {max(1, cfg.train.batch_size // 2)}."
+                        ) from None
+                    if (step + 1) % check_every == 0 or step == first:
+                        value = float(parts["loss"].detach())
+                        if not math.isfinite(value):
+                            raise fail(
+                                f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped and "
+                                f"the last good checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
+                            )
+                        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                    opt.step()
+                    sched.step()
+                    loss_sum += parts["loss"].detach().double() * len(x)
+                    n += len(x)
+                    if epoch == 0:
+                        mean_sum += x.sum(0, dtype=torch.float64)
+                        mean_n += len(x)
+                done = step + 1
+                if (sig := stop.signal) is not None:
+                    atomic_torch_save(checkpoint(epoch, done), ckpt_dir / "last.pt")
+                    raise TrainingInterrupted(
+                        f"stopped by {sig} at epoch {epoch + 1}, step {done}; checkpoint saved. "
+                        f"Continue with: featinv train --out {out} --resume", sig
                     )
-                bar.set_postfix(loss=f"{value:.4f}")
-        if n == 0:
-            raise FeatinvError("no training image could be decoded; see the skipped files above.")
-        train_loss = float(loss_sum) / n
-        if not math.isfinite(train_loss):
-            raise FeatinvError(
-                f"the loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is kept in {ckpt_dir}. "
-                "Try a smaller --lr."
+                if every and done % every == 0 and done < steps_per_epoch:
+                    if not math.isfinite(float(loss_sum)):  # never checkpoint weights a bad step touched
+                        raise fail(
+                            f"the loss became non-finite in epoch {epoch + 1} before step {done}; training stopped "
+                            f"and the last good checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
+                        )
+                    atomic_torch_save(checkpoint(epoch, done), ckpt_dir / "last.pt")
+            if n == 0:
+                raise fail("no training image could be decoded; see the skipped files above.")
+            train_loss = float(loss_sum) / n
+            if not math.isfinite(train_loss):
+                raise fail(
+                    f"the loss became {train_loss} in epoch {epoch + 1}; training stopped and the last good "
+                    f"checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
+                )
+            train_time = time.perf_counter() - t_epoch
+            final = epoch == last
+            mean_image = (mean_sum / max(1, mean_n)).float() if final else None
+            ev = evaluate_loader(
+                extractor, decoder, val_loader, val_recs, device, skips, desc="validate",
+                keep=cfg.train.num_save if final else 0, mean_image=mean_image,
+                reference_stride=ref_stride if final else None,
             )
-        train_time = time.perf_counter() - t_epoch
-        final = epoch == last
-        mean_image = (mean_sum / max(1, mean_n)).float() if final else None
-        ev = evaluate_loader(
-            extractor, decoder, val_loader, val_recs, device, skips, desc="validate",
-            keep=cfg.train.num_save if final else 0, mean_image=mean_image, reference_stride=ref_stride if final else None,
-        )
-        if ev.metrics["psnr"] > best_psnr:
-            best_psnr, best_epoch = ev.metrics["psnr"], epoch + 1
-            atomic_torch_save(checkpoint(epoch + 1), ckpt_dir / "best.pt")
-        atomic_torch_save(checkpoint(epoch + 1), ckpt_dir / "last.pt")
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": f"{train_loss:.6g}",
-            "val_mse": f"{ev.metrics['mse']:.6g}",
-            "val_psnr": f"{ev.metrics['psnr']:.4f}",
-            "val_ssim": f"{ev.metrics['ssim']:.5f}",
-            "lr": f"{opt.param_groups[0]['lr']:.4g}",
-            "epoch_time_s": f"{time.perf_counter() - t_epoch:.2f}",
-            "train_images_per_s": f"{n / train_time:.2f}",
-        }
-        rows.append(row)
-        _write_metrics(rows, metrics_path)
-        log.info(
-            "epoch %d/%d  train loss %.5f  val MSE %.5f  PSNR %.2f dB  SSIM %.4f  (%.1f s)",
-            epoch + 1, cfg.train.epochs, train_loss, ev.metrics["mse"], ev.metrics["psnr"], ev.metrics["ssim"],
-            time.perf_counter() - t_epoch,
-        )
+            if ev.metrics["psnr"] > best_psnr:
+                best_psnr, best_epoch = ev.metrics["psnr"], epoch + 1
+                atomic_torch_save(checkpoint(epoch + 1, 0), ckpt_dir / "best.pt")
+            atomic_torch_save(checkpoint(epoch + 1, 0), ckpt_dir / "last.pt")
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": f"{train_loss:.6g}",
+                "val_mse": f"{ev.metrics['mse']:.6g}",
+                "val_psnr": f"{ev.metrics['psnr']:.4f}",
+                "val_ssim": f"{ev.metrics['ssim']:.5f}",
+                "lr": f"{opt.param_groups[0]['lr']:.4g}",
+                "epoch_time_s": f"{time.perf_counter() - t_epoch:.2f}",
+                "train_images_per_s": f"{n / train_time:.2f}",
+            }
+            rows.append(row)
+            _write_metrics(rows, metrics_path)
+            log.info(
+                "epoch %d/%d  train loss %.5f  val MSE %.5f  PSNR %.2f dB  SSIM %.4f  (%.1f s)",
+                epoch + 1, cfg.train.epochs, train_loss, ev.metrics["mse"], ev.metrics["psnr"], ev.metrics["ssim"],
+                time.perf_counter() - t_epoch,
+            )
+            if (sig := stop.signal) is not None and epoch < last:
+                raise TrainingInterrupted(
+                    f"stopped by {sig} after epoch {epoch + 1}; checkpoint saved. "
+                    f"Continue with: featinv train --out {out} --resume", sig
+                )
 
     if ev is None:  # resumed a finished run: score it again for the outputs below
         ev = evaluate_loader(
@@ -315,7 +407,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         "decoder": cfg.decoder.name,
         "decoder_parameters": count_parameters(decoder),
         "epochs": cfg.train.epochs,
-        "train_images": len(train_recs),
+        "train_images": sum(r.relpath not in skips.reasons for r in train_recs),  # decoded, not just listed
         "val_images": ev.n_images,
         "skipped_files": len(skips),
         "train_loss": float(rows[-1]["train_loss"]),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import torch
 
@@ -19,23 +20,42 @@ class FeatinvError(Exception):
     """An error the user can fix; the CLI prints its message as one line and exits with 2."""
 
 
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``: readers never see half a file."""
+def _atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> None:
+    """Run ``write(temporary_path)`` beside ``path``, then rename it over ``path``.
+
+    Readers never see half a file, and a failure (a crash, a full disk) leaves the previous
+    file intact. A full disk becomes a :class:`FeatinvError` that says so.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise FeatinvError(
+                f"the disk is full: could not write {path} (the previous version, if any, is intact); "
+                "free some space and run again (training resumes with --resume)."
+            ) from None
         raise
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`_atomic_write`)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(path, write)
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
@@ -43,20 +63,8 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
 
 
 def atomic_torch_save(obj: object, path: Union[str, Path]) -> None:
-    """``torch.save`` through a temporary file, so a crash mid-write keeps the previous file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """``torch.save`` atomically, so a crash mid-write keeps the previous checkpoint."""
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
