@@ -174,6 +174,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote {len(files)} files to {args.out}")
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from .cache import prepare
+
+    info = prepare(args.data, args.out, size=args.size, labels=args.labels, workers=args.workers)
+    print(f"{sum(info.ok)} images ({info.n - sum(info.ok)} skipped) in {args.out}; use it as --data {args.out}")
+
+
 def cmd_backbones(args: argparse.Namespace) -> None:
     from .backbones import describe_backbones
 
@@ -230,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = sub.add_parser("prepare", help="decode images once into a fast cache (folder or ImageNet val tar)",
+                       description="Decode, resize (short side 256) and center-crop every image once into a "
+                       "uint8 array file that training and evaluation read memory-mapped. Reads an image "
+                       "folder or a tar such as ILSVRC2012_img_val.tar directly (streamed, never extracted). "
+                       "Interrupted runs resume.")
+    p.add_argument("--data", required=True, help="image folder or tar file")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--size", type=int, default=224,
+                   help="stored crop size (default 224; 256 keeps room for random-crop augmentation)")
+    p.add_argument("--labels", help="ILSVRC2012_validation_ground_truth.txt: devkit ids mapped to class indices")
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: from the CPU count)")
+
     p = sub.add_parser("report", help="build the HTML report from run or sweep directories",
                        description="A self-contained HTML page (figures embedded) with the table, metrics "
                        "against depth, reconstructions and error maps of the given runs or sweeps.")
@@ -258,6 +277,7 @@ COMMANDS = {
     "train": cmd_train,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "prepare": cmd_prepare,
     "evaluate": cmd_evaluate,
     "reconstruct": cmd_reconstruct,
     "backbones": cmd_backbones,

@@ -31,9 +31,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
 @dataclass(frozen=True)
 class ImageRecord:
-    path: Path  # absolute
+    path: Path  # absolute; for a prepared cache, the cache folder
     relpath: str  # POSIX path relative to the dataset root: the split key and the report name
     label: int = -1  # class index for ImageFolder trees, -1 for flat folders
+    cache_index: int = -1  # row in a prepared cache (see featinv.cache), -1 for image files
 
 
 @dataclass
@@ -41,6 +42,8 @@ class ImageSet:
     root: Path
     records: list[ImageRecord]
     classes: list[str] = field(default_factory=list)
+    unusable: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason) known up front
+    cache_size: Optional[int] = None  # side of the stored crops, for a prepared cache
 
 
 class SkipLog:
@@ -80,8 +83,15 @@ def find_images(root: Union[str, Path]) -> ImageSet:
     if not root.exists():
         raise FeatinvError(f"data folder {root} does not exist.")
     if not root.is_dir():
-        raise FeatinvError(f"{root} is not a folder; pass a folder of images.")
+        raise FeatinvError(f"{root} is not a folder; pass a folder of images (or a cache from `featinv prepare`).")
     root = root.resolve()
+    from .cache import is_cache, read_cache
+
+    if is_cache(root):
+        info = read_cache(root)
+        records = [ImageRecord(root, f, lab, i) for i, (f, lab, ok) in enumerate(zip(info.files, info.labels, info.ok)) if ok]
+        unusable = [(f, "could not be decoded when the cache was prepared") for f, ok in zip(info.files, info.ok) if not ok]
+        return ImageSet(root, records, info.classes, unusable, info.size)
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
@@ -178,6 +188,9 @@ def probe_records(records: Sequence[ImageRecord], skips: SkipLog) -> list[ImageR
 
     good = []
     for r in tqdm(records, desc="checking images", unit="img", disable=not progress_enabled() or len(records) < 500):
+        if r.cache_index >= 0:  # decoded once already, by `featinv prepare`
+            good.append(r)
+            continue
         reason = probe_image(r.path)
         if reason is None:
             good.append(r)
@@ -198,9 +211,14 @@ def preprocess(
     Evaluation takes the center crop; training a random crop and a random horizontal flip,
     drawn from ``generator`` so a run can replay them. Returns uint8 3×S×S.
     """
-    x = TF.pil_to_tensor(img)
-    x = TF.resize(x, [resize], antialias=True)
+    return crop(TF.resize(TF.pil_to_tensor(img), [resize], antialias=True), image_size, train, generator)
+
+
+def crop(x: torch.Tensor, image_size: int, train: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The ``image_size`` crop of a uint8 3×H×W image: centered, or random with a random flip."""
     h, w = x.shape[-2:]
+    if min(h, w) < image_size:
+        raise FeatinvError(f"image is {h}×{w}, smaller than the crop size {image_size} (prepare the cache at a larger --size).")
     if train:
         top = int(torch.randint(0, h - image_size + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - image_size + 1, (1,), generator=generator))
@@ -240,13 +258,18 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: Union[int, tuple[int, int]]) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rec = self.records[index]
+        g = None
+        if self.train:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        if rec.cache_index >= 0:
+            from .cache import cache_array
+
+            pixels = torch.from_numpy(np.array(cache_array(str(rec.path))[rec.cache_index]))
+            return {"index": index, "image": crop(pixels.permute(2, 0, 1), self.image_size, self.train, g), "label": rec.label}
         try:
             img = load_image(rec.path)
         except Exception as e:  # noqa: BLE001 - any decode failure is a skip, reported by name
             return {"index": index, "error": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__}
-        g = None
-        if self.train:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
         x = preprocess(img, self.image_size, self.resize, self.train, g)
         return {"index": index, "image": x, "label": rec.label}
 
@@ -348,6 +371,14 @@ def read_split_file(path: Union[str, Path]) -> dict[str, str]:
     return {r["file"]: r["split"] for r in rows}
 
 
+def check_cache_size(images: ImageSet, image_size: int) -> None:
+    if images.cache_size is not None and images.cache_size < image_size:
+        raise FeatinvError(
+            f"the cache in {images.root} holds {images.cache_size}×{images.cache_size} crops, smaller than "
+            f"the crop size {image_size}; prepare it again with --size {image_size} or more."
+        )
+
+
 def split_for_config(cfg: DataConfig, skips: SkipLog) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """The train and val records of ``cfg``: an explicit ``val_data`` folder, a ``split_file``
     (files it does not list are left out), or a hash split by ``val_fraction``.
@@ -357,11 +388,17 @@ def split_for_config(cfg: DataConfig, skips: SkipLog) -> tuple[list[ImageRecord]
     """
     data, val_data, split_file, max_images = cfg.data, cfg.val_data, cfg.split_file, cfg.max_images
     # Probe before splitting: the split keys on paths alone, so skipped files move nobody.
-    records = probe_records(find_images(data).records, skips)
+    images = find_images(data)
+    check_cache_size(images, cfg.image_size)
+    for relpath, reason in images.unusable:
+        skips.add(relpath, reason)
+    records = probe_records(images.records, skips)
     if val_data and split_file:
         raise FeatinvError("pass either --val-data or --split-file, not both.")
     if val_data:
-        train, val = records, probe_records(find_images(val_data).records, skips)
+        val_images = find_images(val_data)
+        check_cache_size(val_images, cfg.image_size)
+        train, val = records, probe_records(val_images.records, skips)
     elif split_file:
         side = read_split_file(split_file)
         train = [r for r in records if side.get(r.relpath) == "train"]

@@ -228,7 +228,10 @@ def evaluate_run(
         _, records = split_for_config(cfg.data, skips)
         source = "the run's validation split"
     else:
-        records = probe_records(find_images(data).records, skips)
+        images = find_images(data)
+        for relpath, reason in images.unusable:
+            skips.add(relpath, reason)
+        records = probe_records(images.records, skips)
         source = str(Path(data).resolve())
         if not records:
             raise FeatinvError(f"no usable images in {data}.")

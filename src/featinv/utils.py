@@ -20,6 +20,12 @@ class FeatinvError(Exception):
     """An error the user can fix; the CLI prints its message as one line and exits with 2."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> None:
     """Run ``write(temporary_path)`` beside ``path``, then rename it over ``path``.
 
@@ -32,6 +38,7 @@ def _atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs follow the umask
         os.replace(tmp, path)
     except BaseException as e:
         try:
