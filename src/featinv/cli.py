@@ -41,6 +41,9 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--checkpoint-every", type=int,
                    help="steps between mid-epoch checkpoints (default 200; 0: epoch ends only)")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="autocast precision (default auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder (opt-in)")
     p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
 
 
@@ -108,11 +111,14 @@ def _build_config(args: argparse.Namespace):
         ("train", "device"): args.device,
         ("train", "num_save"): args.num_save,
         ("train", "checkpoint_every"): args.checkpoint_every,
+        ("train", "precision"): args.precision,
     }
     if args.no_augment:
         overrides[("data", "augment")] = False
     if args.strict:
         overrides[("data", "strict")] = True
+    if args.compile:
+        overrides[("train", "compile")] = True
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)

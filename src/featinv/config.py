@@ -58,6 +58,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_save: int = 8  # original/reconstruction pairs saved at the end
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: epoch ends only)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (autocast for the forward passes)
+    channels_last: bool = True  # NHWC tensors for the convolutions
+    compile: bool = False  # torch.compile the decoder (opt-in: compile time, platform support)
 
 
 @dataclass

@@ -349,9 +349,10 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 B×3×H×W (host) → float [0,1] on ``device``."""
-    return images.to(device, non_blocking=True).float().div_(255.0)
+def to_float(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 B×3×H×W (host) → float [0,1] on ``device`` (NHWC in memory with ``channels_last``)."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def read_split_file(path: Union[str, Path]) -> dict[str, str]:

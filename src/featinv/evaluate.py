@@ -30,15 +30,17 @@ from .data import (
     to_float,
 )
 from .decoders import decoder_from_spec
-from .utils import FeatinvError, atomic_write_text, progress_enabled, resolve_device
+from .utils import FeatinvError, atomic_write_text, autocast, progress_enabled, resolve_device, resolve_precision
 
 log = logging.getLogger("featinv")
 
 
 @torch.no_grad()
-def reconstruct(extractor: FeatureExtractor, decoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """[0,1] images → [0,1] reconstructions through the frozen backbone and the decoder."""
-    return decoder(extractor(x)).float().clamp_(0.0, 1.0)
+def reconstruct(extractor: FeatureExtractor, decoder: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """[0,1] images → [0,1] float32 reconstructions through the frozen backbone and the decoder."""
+    with autocast(precision, x.device):
+        y = decoder(extractor(x))
+    return y.float().clamp_(0.0, 1.0)
 
 
 @dataclass
@@ -62,6 +64,8 @@ def evaluate_loader(
     mean_image: Optional[torch.Tensor] = None,
     reference_stride: Optional[int] = None,
     desc: str = "evaluate",
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> Evaluation:
     """Score every image of ``loader``; optionally the reference lines beside the decoder.
 
@@ -83,8 +87,8 @@ def evaluate_loader(
                 skips.add(records[index].relpath, reason)
         if "image" not in batch:
             continue
-        x = to_float(batch["image"], device)
-        y = reconstruct(extractor, decoder, x)
+        x = to_float(batch["image"], device, channels_last)
+        y = reconstruct(extractor, decoder, x, precision)
         s = M.score(y, x)
         acc.add(s)
         for j, index in enumerate(batch["index"].tolist()):
@@ -152,10 +156,11 @@ class Run:
     decoder: nn.Module
     device: torch.device
     summary: dict[str, Any]
+    precision: str = "fp32"  # resolved from the config for this device
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """B×3×H×W [0,1] images (any device) → reconstructions on the run's device."""
-        return reconstruct(self.extractor, self.decoder, x.to(self.device))
+        return reconstruct(self.extractor, self.decoder, x.to(self.device), self.precision)
 
     def describe(self) -> str:
         b = self.config.backbone
@@ -204,7 +209,9 @@ def load_run(path: Union[str, Path], device: str = "auto") -> Run:
     load_strict(decoder, tensors, str(path / "decoder.safetensors"))
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    return Run(path, cfg, extractor.to(dev), decoder.to(dev).eval(), dev, summary)
+    mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    return Run(path, cfg, extractor.to(dev, memory_format=mf), decoder.to(dev, memory_format=mf).eval(), dev, summary,
+               resolve_precision(cfg.train.precision, dev))
 
 
 def evaluate_run(
@@ -239,7 +246,8 @@ def evaluate_run(
     ds = ImageDataset(records, cfg.data.image_size, cfg.data.resize, train=False)
     loader = make_loader(ds, batch_size or cfg.train.batch_size, shuffle=False, num_workers=num_workers,
                          pin_memory=run.device.type == "cuda")
-    ev = evaluate_loader(run.extractor, run.decoder, loader, records, run.device, skips, keep=num_save)
+    ev = evaluate_loader(run.extractor, run.decoder, loader, records, run.device, skips, keep=num_save,
+                         precision=run.precision, channels_last=cfg.train.channels_last)
     result = {
         "run": str(run.path.resolve()),
         "data": source,

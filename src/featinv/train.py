@@ -26,7 +26,16 @@ from .data import ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .evaluate import Evaluation, evaluate_loader, save_pairs, write_per_image
 from .losses import build_loss
-from .utils import FeatinvError, atomic_torch_save, atomic_write_bytes, atomic_write_text, progress_enabled, resolve_device
+from .utils import (
+    FeatinvError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    autocast,
+    progress_enabled,
+    resolve_device,
+    resolve_precision,
+)
 
 log = logging.getLogger("featinv")
 
@@ -192,6 +201,14 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     ref_stride = min(extractor.strides(d.image_size).values())
     torch.manual_seed(seed)  # the decoder's initial weights do not depend on the backbone's build
     decoder = build_decoder(cfg.decoder.name, shapes, d.image_size, width=cfg.decoder.width).to(device)
+    precision = resolve_precision(cfg.train.precision, device)
+    cl = cfg.train.channels_last
+    if cl:
+        extractor = extractor.to(memory_format=torch.channels_last)
+        decoder = decoder.to(memory_format=torch.channels_last)
+    # `decoder` is what is saved; `step_decoder` what runs (compiled on request).
+    step_decoder = torch.compile(decoder) if cfg.train.compile else decoder
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loss_fn = build_loss(cfg.loss)
     log.info(
         "%d train / %d val images; %s (%s weights) layers %s → %s decoder (%.2fM parameters) on %s",
@@ -234,6 +251,8 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         decoder.load_state_dict(ckpt["decoder"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_step = ckpt["epoch"], ckpt["step"]
         best_psnr, best_epoch = ckpt["best_psnr"], ckpt["best_epoch"]
         mean_sum, mean_n = ckpt["mean_sum"].to(device), ckpt["mean_n"]
@@ -256,6 +275,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             "decoder_spec": decoder.spec,
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
             "best_psnr": best_psnr,
             "best_epoch": best_epoch,
             "mean_sum": mean_sum.cpu(),
@@ -292,13 +312,15 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                 for index, reason in batch["skipped"]:
                     skips.add(train_recs[index].relpath, reason)
                 if "image" in batch:
-                    x = to_float(batch["image"], device)
+                    x = to_float(batch["image"], device, cl)
                     try:
-                        with torch.no_grad():
-                            feats = extractor(x)
-                        parts = loss_fn(decoder(feats), x)
+                        with autocast(precision, device):
+                            with torch.no_grad():
+                                feats = extractor(x)
+                            pred = step_decoder(feats)
+                        parts = loss_fn(pred, x)  # in float32
                         opt.zero_grad(set_to_none=True)
-                        parts["loss"].backward()
+                        scaler.scale(parts["loss"]).backward()
                     except torch.cuda.OutOfMemoryError:
                         raise fail(
                             f"out of GPU memory at batch size {cfg.train.batch_size} (epoch {epoch + 1}, step {step + 1}); "
@@ -312,7 +334,8 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                                 f"the last good checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
                             )
                         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                    opt.step()
+                    scaler.step(opt)
+                    scaler.update()
                     sched.step()
                     loss_sum += parts["loss"].detach().double() * len(x)
                     n += len(x)
@@ -347,7 +370,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             ev = evaluate_loader(
                 extractor, decoder, val_loader, val_recs, device, skips, desc="validate",
                 keep=cfg.train.num_save if final else 0, mean_image=mean_image,
-                reference_stride=ref_stride if final else None,
+                reference_stride=ref_stride if final else None, precision=precision, channels_last=cl,
             )
             if ev.metrics["psnr"] > best_psnr:
                 best_psnr, best_epoch = ev.metrics["psnr"], epoch + 1
@@ -380,6 +403,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         ev = evaluate_loader(
             extractor, decoder, val_loader, val_recs, device, skips, desc="validate", keep=cfg.train.num_save,
             mean_image=(mean_sum / max(1, mean_n)).float(), reference_stride=ref_stride,
+            precision=precision, channels_last=cl,
         )
     export_decoder(decoder, extractor, cfg, out)
     weights_label = extractor.weights_info["weights"]
@@ -397,6 +421,8 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "precision": precision,
+        "channels_last": cl,
         "status": "completed",
         "notes": cfg.notes,
         "backbone": extractor.weights_info,

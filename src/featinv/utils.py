@@ -97,3 +97,26 @@ def resolve_device(name: str = "auto") -> torch.device:
 def progress_enabled() -> bool:
     """Progress bars only on a terminal: logs and CI stay clean."""
     return sys.stderr.isatty()
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` → bf16 on GPUs that support it, fp16 on older GPUs, and fp32 on the CPU
+    (see bench/throughput.py for the measurement behind the CPU default)."""
+    if name not in PRECISIONS:
+        raise FeatinvError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}.")
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise FeatinvError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    """Mixed precision for the forward passes; fp32 is a no-op context."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

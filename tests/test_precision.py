@@ -1,0 +1,62 @@
+"""bf16 autocast and channels_last give the same reconstructions as fp32, within tolerance."""
+
+import json
+
+import pytest
+import torch
+
+from featinv import metrics as M
+from featinv.backbones import FeatureExtractor
+from featinv.decoders import build_decoder
+from featinv.evaluate import reconstruct
+from featinv.train import train
+from featinv.utils import FeatinvError, resolve_precision
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def models():
+    fe = FeatureExtractor("resnet50", weights="random", layers=["layer1", "layer3"])
+    torch.manual_seed(0)
+    dec = build_decoder("pyramid", fe.feature_shapes(224), 224, width=32).eval()
+    return fe, dec
+
+
+def test_channels_last_matches_contiguous(models):
+    fe, dec = models
+    x = torch.rand(2, 3, 224, 224)
+    ref = reconstruct(fe, dec, x)
+    fe_cl, dec_cl = fe.to(memory_format=torch.channels_last), dec.to(memory_format=torch.channels_last)
+    out = reconstruct(fe_cl, dec_cl, x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_bf16_autocast_is_close_to_fp32(models):
+    fe, dec = models
+    x = torch.rand(2, 3, 224, 224)
+    ref = reconstruct(fe, dec, x, "fp32")
+    out = reconstruct(fe, dec, x, "bf16")
+    assert out.dtype == torch.float32
+    assert float((out - ref).abs().max()) < 0.05
+    assert float(M.psnr(out, ref).min()) > 35.0
+    assert not torch.equal(out, ref)  # bf16 really ran
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(FeatinvError, match="needs a GPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(FeatinvError, match="--precision"):
+        resolve_precision("fp8", cpu)
+
+
+def test_training_in_bf16_runs_and_is_recorded(samples, tmp_path):
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.data.max_images = 3
+    cfg.train.precision = "bf16"
+    summary = train(cfg, tmp_path / "run")
+    assert summary["precision"] == "bf16" and summary["channels_last"] is True
+    assert summary["val"]["psnr"] > 5
