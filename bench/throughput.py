@@ -1,0 +1,221 @@
+"""Training throughput, in one run on the same images and machine:
+
+(a) a faithful re-creation of the original project's loop: JPEG decode per step through
+    torchvision's ImageFolder, num_workers=0, batch 8, fp32, forward hooks on the full
+    ResNet-50, maps concatenated at 7×7 into the `seed` decoder, Adam;
+(b) the `seed` decoder trained by featinv (prepared cache, loader workers, channels_last,
+    the default precision, a truncated backbone);
+(c) featinv's default configuration (the `pyramid` decoder).
+
+(b) and (c) run featinv's own `train()`; their steady-state rate is the images/s of the last
+epoch (the first epoch is the warm-up). Each variant runs in its own process, so its peak
+memory (max RSS on the CPU, max allocated on a GPU) is its own. The FLOP rate of (c)'s training
+step is compared with the practical peak of a large matmul measured in the same run.
+
+    python bench/throughput.py --device cpu --images 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
+BACKBONE_LAYERS = {"layer1.2.relu": "layer1", "layer2.3.relu": "layer2", "layer3.5.relu": "layer3", "layer4.2.relu": "layer4"}
+
+
+def _peak_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
+
+
+def original_loop(folder: str, device_name: str, warmup: int, steps: int, out: mp.Queue) -> None:
+    """(a) The original training loop, as its README and code describe it."""
+    import torchvision
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from featinv.decoders import SeedDecoder
+
+    device = torch.device(device_name)
+    tf = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])
+    loader = DataLoader(torchvision.datasets.ImageFolder(folder, transform=tf), batch_size=8, shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).to(device).eval()  # same compute as the pretrained one
+    captured: dict[str, torch.Tensor] = {}
+    for name, key in BACKBONE_LAYERS.items():
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, key=key: captured.__setitem__(key, o))
+    shapes = {"layer1": (256, 56, 56), "layer2": (512, 28, 28), "layer3": (1024, 14, 14), "layer4": (2048, 7, 7)}
+    decoder = SeedDecoder(shapes).to(device)
+    opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
+    loss_fn = torch.nn.MSELoss()
+    done, t0, images = 0, None, 0
+    while done < warmup + steps:
+        for x, _ in loader:
+            if done == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0, images = time.perf_counter(), 0
+            x = x.to(device)
+            with torch.no_grad():
+                model(x)
+            loss = loss_fn(decoder(dict(captured)), x)  # the original's targets: normalized images
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()  # the original logged the loss every step
+            done += 1
+            images += len(x)
+            if done >= warmup + steps:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    out.put({"images_per_s": images / (time.perf_counter() - t0), "peak_mib": _peak_memory(device)})
+
+
+def featinv_run(cache: str, val: str, decoder: str, device_name: str, batch: int, epochs: int, precision: str,
+                run_dir: str, out: mp.Queue) -> None:
+    """(b)/(c): featinv's own training, reading the steady-state rate from metrics.csv."""
+    import logging
+
+    from featinv.config import BackboneConfig, DataConfig, DecoderConfig, RunConfig, TrainConfig
+    from featinv.train import train
+
+    logging.basicConfig(level=logging.WARNING)
+    cfg = RunConfig(
+        data=DataConfig(data=cache, val_data=val, augment=False),
+        backbone=BackboneConfig(name="resnet50", weights="random"),
+        decoder=DecoderConfig(name=decoder),
+        train=TrainConfig(epochs=epochs, batch_size=batch, device=device_name, precision=precision, num_save=0,
+                          checkpoint_every=0),
+    )
+    summary = train(cfg, run_dir)
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out.put({"images_per_s": float(rows[-1]["train_images_per_s"]), "peak_mib": _peak_memory(torch.device(device_name)),
+             "precision": summary["precision"]})
+
+
+def in_subprocess(fn, *args) -> dict:
+    ctx = mp.get_context("spawn")  # a fresh process: its own peak memory, no inherited threads
+    q = ctx.Queue()
+    p = ctx.Process(target=fn, args=(*args, q))
+    p.start()
+    result = q.get()
+    p.join()
+    return result
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 10) -> float:
+    """Practical peak FLOP/s: a large square matmul, best of ``reps``."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def step_flops(device: torch.device, precision: str, batch: int = 4) -> float:
+    """FLOPs of one default-configuration training step, per image (forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from featinv.backbones import FeatureExtractor
+    from featinv.decoders import build_decoder
+    from featinv.utils import autocast
+
+    fe = FeatureExtractor("resnet50", weights="random").to(device)
+    dec = build_decoder("pyramid", fe.feature_shapes(224), 224).to(device)
+    x = torch.rand(batch, 3, 224, 224, device=device)
+    with FlopCounterMode(display=False) as counter:
+        with autocast(precision, device):
+            with torch.no_grad():
+                feats = fe(x)
+            y = dec(feats)
+        torch.nn.functional.mse_loss(y.float(), x).backward()
+    return counter.get_total_flops() / batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder of JPEGs (default: ../shared/data/imagenet-sample)")
+    ap.add_argument("--images", type=int, default=96, help="training images (default 96)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="featinv's precision for (b) and (c) (default auto)")
+    ap.add_argument("--batch-size", type=int, default=16, help="featinv's batch size for (b) and (c)")
+    ap.add_argument("--epochs", type=int, default=2, help="featinv epochs; the last one is measured")
+    ap.add_argument("--warmup", type=int, default=2, help="(a) steps excluded from timing")
+    ap.add_argument("--steps", type=int, default=8, help="(a) timed steps of batch 8")
+    args = ap.parse_args()
+
+    from featinv.cache import prepare
+    from featinv.utils import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    src = Path(args.data)
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[: args.images]
+    if len(files) < args.images:
+        sys.exit(f"{src} holds only {len(files)} images; pass --data or a smaller --images.")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"device: {name}; torch {torch.__version__}; {len(files)} images from {src}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "imagefolder" / "all"  # ImageFolder needs a class level
+        folder.mkdir(parents=True)
+        for f in files:
+            (folder / f.name).symlink_to(f.resolve())
+        val = tmp / "val"
+        val.mkdir()
+        for f in files[:8]:
+            (val / f.name).symlink_to(f.resolve())
+        t = time.perf_counter()
+        prepare(folder.parent, tmp / "cache", size=224)
+        prep_s = time.perf_counter() - t
+
+        a = in_subprocess(original_loop, str(folder.parent), str(device), args.warmup, args.steps)
+        b = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "seed", str(device), args.batch_size,
+                          args.epochs, args.precision, str(tmp / "run_b"))
+        c = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "pyramid", str(device), args.batch_size,
+                          args.epochs, args.precision, str(tmp / "run_c"))
+    precision = resolve_precision(args.precision, device)
+    peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32)
+    flops = step_flops(device, precision)
+    achieved = flops * c["images_per_s"]
+    print(f"prepare (decode once, {len(files)} images): {prep_s:.1f} s, {len(files) / prep_s:.1f} images/s")
+    print(f"{'variant':<64} {'images/s':>9} {'peak MiB':>9}")
+    for label, r in (
+        ("(a) original loop (ImageFolder decode per step, batch 8, fp32)", a),
+        (f"(b) seed decoder, featinv engineering ({b['precision']}, batch {args.batch_size})", b),
+        (f"(c) featinv default: pyramid decoder ({c['precision']}, batch {args.batch_size})", c),
+    ):
+        print(f"{label:<64} {r['images_per_s']:>9.2f} {r['peak_mib']:>9.0f}")
+    print(f"ratio b/a: {b['images_per_s'] / a['images_per_s']:.2f}x   ratio c/a: {c['images_per_s'] / a['images_per_s']:.2f}x")
+    print(f"(c) training step: {flops / 1e9:.1f} GFLOP per image → {achieved / 1e9:.1f} GFLOP/s achieved; "
+          f"{precision} matmul peak measured now: {peak / 1e9:.1f} GFLOP/s → {100 * achieved / peak:.0f}% of peak")
+    print(json.dumps({"a": a, "b": b, "c": c, "prepare_s": prep_s, "step_gflop_per_image": flops / 1e9,
+                      "matmul_peak_gflops": peak / 1e9, "device": name}))
+
+
+if __name__ == "__main__":
+    main()
