@@ -85,3 +85,14 @@ def test_classifier_applies_its_backbones_own_normalization():
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(clf(x), clf.model((x - 0.5) / 0.5))
+
+
+def test_a_bad_layer_name_fails_before_any_training(samples, tmp_path, monkeypatch, capsys):
+    def no_training(*a, **k):
+        raise AssertionError("trained before checking the layer names")
+
+    monkeypatch.setattr(sweep_module, "train", no_training)
+    argv = ["sweep", "--data", str(samples / "train"), "--out", str(tmp_path / "s"), "--weights", "random",
+            "--layer-sets", "layer1", "layer2+layer9"]
+    assert main(argv) == 2
+    assert "unknown layer 'layer9'" in capsys.readouterr().err

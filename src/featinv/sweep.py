@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from . import report
-from .backbones import Classifier, get_spec
+from .backbones import Classifier, get_spec, resolve_layers
 from .config import BackboneConfig, RunConfig
 from .data import SkipLog, split_for_config
 from .evaluate import load_run, semantic_agreement
@@ -76,6 +76,20 @@ def plan(base: RunConfig, layer_sets: Sequence[str], models: Sequence[tuple[str,
     return entries
 
 
+def check_layers(entries: Sequence[Entry]) -> None:
+    """Fail on a bad backbone or layer name before hours of training, not when its turn comes.
+    The graphs come from meta-device builds: no weights, no compute."""
+    import torch
+
+    for backbone in dict.fromkeys(e.backbone for e in entries):
+        spec = get_spec(backbone)
+        with torch.device("meta"):
+            model = spec.build()
+        for e in entries:
+            if e.backbone == backbone:
+                resolve_layers(spec, e.layers, model)
+
+
 def entry_config(base: RunConfig, e: Entry) -> RunConfig:
     cfg = copy.deepcopy(base)
     cfg.backbone = BackboneConfig(name=e.backbone, weights=e.weights, layers=list(e.layers))
@@ -93,8 +107,7 @@ def run_sweep(
     out = Path(out)
     validate_config(base)
     entries = plan(base, layer_sets, models)
-    for e in entries:  # fail on a bad layer or backbone name before hours of training
-        get_spec(e.backbone)
+    check_layers(entries)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     sweep_meta = {

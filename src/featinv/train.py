@@ -155,7 +155,7 @@ def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
     if changed:
         raise FeatinvError(
             f"--resume: {out} holds a different run (settings differ: {', '.join('.'.join(k) for k in changed)}); "
-            "only --epochs and --device may change when resuming."
+            "only --epochs, --device, --workers, --checkpoint-every and --strict may change when resuming."
         )
 
 
@@ -190,6 +190,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     seed = cfg.train.seed
     seed_everything(seed)
     device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -201,7 +202,6 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     ref_stride = min(extractor.strides(d.image_size).values())
     torch.manual_seed(seed)  # the decoder's initial weights do not depend on the backbone's build
     decoder = build_decoder(cfg.decoder.name, shapes, d.image_size, width=cfg.decoder.width).to(device)
-    precision = resolve_precision(cfg.train.precision, device)
     cl = cfg.train.channels_last
     if cl:
         extractor = extractor.to(memory_format=torch.channels_last)
