@@ -96,3 +96,20 @@ def test_a_bad_layer_name_fails_before_any_training(samples, tmp_path, monkeypat
             "--layer-sets", "layer1", "layer2+layer9"]
     assert main(argv) == 2
     assert "unknown layer 'layer9'" in capsys.readouterr().err
+
+
+def test_report_refuses_runs_scored_on_different_images(tiny_sweep, tiny_run, tmp_path):
+    from featinv.utils import FeatinvError
+    from featinv.report import build_report
+
+    out, _ = tiny_sweep
+    # tiny_run saved three validation pairs; the sweep's runs two, of the same photos in the same
+    # order, so their shared pairs agree. Swap one of tiny_run's originals for another photo.
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    shutil.copy(other / "results" / "original_1.png", other / "results" / "original_0.png")
+    with pytest.raises(FeatinvError, match="different held-out images"):
+        build_report([out / "runs" / "resnet50-random-layer1", other], tmp_path / "r.html")
+    build_report([out / "runs" / "resnet50-random-layer1", tiny_run], tmp_path / "ok.html")

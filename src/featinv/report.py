@@ -274,6 +274,13 @@ def _pairs(run_dirs: Sequence[Path], n: int) -> tuple[list[np.ndarray], list[lis
     while k < n and all((Path(d) / "results" / f"reconstruction_{k}.png").is_file() for d in run_dirs):
         k += 1
     originals = [_load_png(first / f"original_{i}.png") for i in range(k)]
+    for d in run_dirs[1:]:
+        if any((Path(d) / "results" / f"original_{i}.png").read_bytes() != (first / f"original_{i}.png").read_bytes()
+               for i in range(k)):
+            raise FeatinvError(
+                f"{d} and {run_dirs[0]} were scored on different held-out images; the grid needs runs with the "
+                "same data and split (report them separately)."
+            )
     recons, labels = [], []
     for d in run_dirs:
         per = _read_csv(Path(d) / "results" / "per_image.csv")
