@@ -10,7 +10,7 @@ from featinv.backbones import FeatureExtractor
 from featinv.decoders import build_decoder
 from featinv.evaluate import reconstruct
 from featinv.train import train
-from featinv.utils import FeatinvError, resolve_precision
+from featinv.utils import FeatinvError, cpu_has_native_bf16, resolve_precision
 
 from conftest import tiny_config
 
@@ -45,7 +45,8 @@ def test_bf16_autocast_is_close_to_fp32(models):
 
 def test_precision_choices():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(FeatinvError, match="needs a GPU"):
         resolve_precision("fp16", cpu)

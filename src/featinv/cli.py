@@ -42,7 +42,7 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="steps between mid-epoch checkpoints (default 200; 0: epoch ends only)")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="autocast precision (default auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU)")
+                   help="autocast precision (default auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder (opt-in)")
     p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
 
