@@ -113,3 +113,11 @@ def test_report_refuses_runs_scored_on_different_images(tiny_sweep, tiny_run, tm
     with pytest.raises(FeatinvError, match="different held-out images"):
         build_report([out / "runs" / "resnet50-random-layer1", other], tmp_path / "r.html")
     build_report([out / "runs" / "resnet50-random-layer1", tiny_run], tmp_path / "ok.html")
+
+
+def test_a_finished_run_with_other_settings_is_not_reused(tiny_sweep, capsys):
+    out, argv = tiny_sweep
+    changed = [a if a != "1" or argv[i - 1] != "--epochs" else "2" for i, a in enumerate(argv)]
+    assert changed != argv
+    assert main(changed) == 2
+    assert "train.epochs" in capsys.readouterr().err

@@ -90,6 +90,20 @@ def check_layers(entries: Sequence[Entry]) -> None:
                 resolve_layers(spec, e.layers, model)
 
 
+def _check_same_settings(run_dir: Path, cfg: RunConfig) -> None:
+    """A finished run is reused only if it was trained as this sweep would train it."""
+    from .config import load_config
+    from .train import _diff_configs
+
+    ignored = {("train", "device"), ("data", "num_workers")}
+    changed = [k for k in _diff_configs(load_config(run_dir / "config.yaml").to_dict(), cfg.to_dict()) if k not in ignored]
+    if changed:
+        raise FeatinvError(
+            f"{run_dir} was trained with other settings ({', '.join('.'.join(k) for k in changed)}); "
+            "use another --out for a sweep with different settings."
+        )
+
+
 def entry_config(base: RunConfig, e: Entry) -> RunConfig:
     cfg = copy.deepcopy(base)
     cfg.backbone = BackboneConfig(name=e.backbone, weights=e.weights, layers=list(e.layers))
@@ -121,6 +135,7 @@ def run_sweep(
         run_dir = out / "runs" / e.name
         log.info("── sweep %d/%d: %s", i, len(entries), e.name)
         if report.run_completed(run_dir):
+            _check_same_settings(run_dir, entry_config(base, e))
             log.info("already finished; skipping")
         else:
             resume = (run_dir / "checkpoints" / "last.pt").is_file()
