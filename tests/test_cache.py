@@ -132,3 +132,7 @@ def test_undecodable_files_in_a_cache_are_reported_as_skips(samples, tmp_path):
     skips = SkipLog()
     train, val = split_for_config(DataConfig(data=str(tmp_path / "c"), val_fraction=0.3), skips)
     assert "broken.jpg" in skips.reasons and len(train) + len(val) == 3
+    # and as a validation folder too
+    skips = SkipLog()
+    _, val = split_for_config(DataConfig(data=str(samples / "train"), val_data=str(tmp_path / "c")), skips)
+    assert "broken.jpg" in skips.reasons and len(val) == 3

@@ -1,7 +1,5 @@
 """bf16 autocast and channels_last give the same reconstructions as fp32, within tolerance."""
 
-import json
-
 import pytest
 import torch
 

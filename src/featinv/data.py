@@ -372,6 +372,13 @@ def read_split_file(path: Union[str, Path]) -> dict[str, str]:
     return {r["file"]: r["split"] for r in rows}
 
 
+def usable_records(images: ImageSet, skips: SkipLog) -> list[ImageRecord]:
+    """The records of ``images`` that can be used; the others are logged in ``skips``."""
+    for relpath, reason in images.unusable:
+        skips.add(relpath, reason)
+    return probe_records(images.records, skips)
+
+
 def check_cache_size(images: ImageSet, image_size: int) -> None:
     if images.cache_size is not None and images.cache_size < image_size:
         raise FeatinvError(
@@ -391,15 +398,13 @@ def split_for_config(cfg: DataConfig, skips: SkipLog) -> tuple[list[ImageRecord]
     # Probe before splitting: the split keys on paths alone, so skipped files move nobody.
     images = find_images(data)
     check_cache_size(images, cfg.image_size)
-    for relpath, reason in images.unusable:
-        skips.add(relpath, reason)
-    records = probe_records(images.records, skips)
+    records = usable_records(images, skips)
     if val_data and split_file:
         raise FeatinvError("pass either --val-data or --split-file, not both.")
     if val_data:
         val_images = find_images(val_data)
         check_cache_size(val_images, cfg.image_size)
-        train, val = records, probe_records(val_images.records, skips)
+        train, val = records, usable_records(val_images, skips)
     elif split_file:
         side = read_split_file(split_file)
         train = [r for r in records if side.get(r.relpath) == "train"]

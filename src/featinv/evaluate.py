@@ -24,10 +24,11 @@ from .data import (
     find_images,
     load_image,
     make_loader,
+    check_cache_size,
     preprocess,
-    probe_records,
     split_for_config,
     to_float,
+    usable_records,
 )
 from .decoders import decoder_from_spec
 from .utils import FeatinvError, atomic_write_text, autocast, progress_enabled, resolve_device, resolve_precision
@@ -236,9 +237,8 @@ def evaluate_run(
         source = "the run's validation split"
     else:
         images = find_images(data)
-        for relpath, reason in images.unusable:
-            skips.add(relpath, reason)
-        records = probe_records(images.records, skips)
+        check_cache_size(images, cfg.data.image_size)
+        records = usable_records(images, skips)
         source = str(Path(data).resolve())
         if not records:
             raise FeatinvError(f"no usable images in {data}.")

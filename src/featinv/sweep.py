@@ -93,10 +93,10 @@ def check_layers(entries: Sequence[Entry]) -> None:
 def _check_same_settings(run_dir: Path, cfg: RunConfig) -> None:
     """A finished run is reused only if it was trained as this sweep would train it."""
     from .config import load_config
-    from .train import _diff_configs
+    from .train import diff_configs
 
     ignored = {("train", "device"), ("data", "num_workers")}
-    changed = [k for k in _diff_configs(load_config(run_dir / "config.yaml").to_dict(), cfg.to_dict()) if k not in ignored]
+    changed = [k for k in diff_configs(load_config(run_dir / "config.yaml").to_dict(), cfg.to_dict()) if k not in ignored]
     if changed:
         raise FeatinvError(
             f"{run_dir} was trained with other settings ({', '.join('.'.join(k) for k in changed)}); "

@@ -130,11 +130,12 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
+def diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
+    """Keys (as tuples of section names) whose values differ between two config dicts."""
     out = []
     for k in a:
         if isinstance(a[k], dict):
-            out += _diff_configs(a[k], b.get(k, {}), prefix + (k,))
+            out += diff_configs(a[k], b.get(k, {}), prefix + (k,))
         elif a[k] != b.get(k):
             out.append(prefix + (k,))
     return out
@@ -151,7 +152,7 @@ def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
         return
     if not (out / "checkpoints" / "last.pt").is_file():
         raise FeatinvError(f"--resume: {out} holds no checkpoint to resume; drop --resume to start a new run there.")
-    changed = [k for k in _diff_configs(load_config(saved_path).to_dict(), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+    changed = [k for k in diff_configs(load_config(saved_path).to_dict(), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
     if changed:
         raise FeatinvError(
             f"--resume: {out} holds a different run (settings differ: {', '.join('.'.join(k) for k in changed)}); "
