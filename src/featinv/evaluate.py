@@ -163,6 +163,12 @@ class Run:
         """B×3×H×W [0,1] images (any device) → reconstructions on the run's device."""
         return reconstruct(self.extractor, self.decoder, x.to(self.device), self.precision)
 
+    def loader(self, records: Sequence[ImageRecord], batch_size: int, num_workers: int = -1) -> torch.utils.data.DataLoader:
+        """Center crops of ``records`` as this run's training scored them, in order."""
+        d = self.config.data
+        return make_loader(ImageDataset(records, d.image_size, d.resize, train=False), batch_size, shuffle=False,
+                           num_workers=num_workers, pin_memory=self.device.type == "cuda")
+
     def describe(self) -> str:
         b = self.config.backbone
         text = f"{b.name} ({self.extractor.weights_info['weights']} weights), layers {'+'.join(b.layers)}, {self.config.decoder.name} decoder"
@@ -243,9 +249,7 @@ def evaluate_run(
         if not records:
             raise FeatinvError(f"no usable images in {data}.")
     out = Path(out) if out is not None else run.path / "evaluation"
-    ds = ImageDataset(records, cfg.data.image_size, cfg.data.resize, train=False)
-    loader = make_loader(ds, batch_size or cfg.train.batch_size, shuffle=False, num_workers=num_workers,
-                         pin_memory=run.device.type == "cuda")
+    loader = run.loader(records, batch_size or cfg.train.batch_size, num_workers)
     ev = evaluate_loader(run.extractor, run.decoder, loader, records, run.device, skips, keep=num_save,
                          precision=run.precision, channels_last=cfg.train.channels_last)
     result = {
@@ -313,11 +317,8 @@ def semantic_agreement(
     Both go through ``classifier`` (a :class:`featinv.backbones.Classifier`, which applies its
     backbone's own normalization) as the same [0,1] center crops the decoder was scored on.
     """
-    cfg = run.config.data
     classifier = classifier.to(run.device).eval()
-    loader = make_loader(ImageDataset(records, cfg.image_size, cfg.resize), batch_size, shuffle=False,
-                         num_workers=num_workers, pin_memory=run.device.type == "cuda")
-    loader.sampler.set_epoch(0)
+    loader = run.loader(records, batch_size, num_workers)
     top1 = top5 = n = 0
     for batch in loader:
         if "image" not in batch:

@@ -292,6 +292,19 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         record_failure(out, message)
         return FeatinvError(message)
 
+    def nonfinite(value: float, where: str) -> FeatinvError:
+        return fail(
+            f"the loss became {value} {where}; training stopped and the last good checkpoint is kept "
+            f"in {ckpt_dir}. Try a smaller --lr."
+        )
+
+    def save_mid_epoch(epoch: int, step: int) -> None:
+        # Between finite-loss checks (every 20 steps on a GPU) a bad step may have gone by:
+        # never checkpoint weights it touched.
+        if not math.isfinite(total := float(loss_sum)):
+            raise nonfinite(total, f"in epoch {epoch + 1} before step {step}")
+        atomic_torch_save(checkpoint(epoch, step), ckpt_dir / "last.pt")
+
     from tqdm.auto import tqdm
 
     ev: Optional[Evaluation] = None
@@ -330,10 +343,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                     if (step + 1) % check_every == 0 or step == first:
                         value = float(parts["loss"].detach())
                         if not math.isfinite(value):
-                            raise fail(
-                                f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped and "
-                                f"the last good checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
-                            )
+                            raise nonfinite(value, f"at epoch {epoch + 1}, step {step + 1}")
                         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                     scaler.step(opt)
                     scaler.update()
@@ -345,26 +355,18 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                         mean_n += len(x)
                 done = step + 1
                 if (sig := stop.signal) is not None:
-                    atomic_torch_save(checkpoint(epoch, done), ckpt_dir / "last.pt")
+                    save_mid_epoch(epoch, done)
                     raise TrainingInterrupted(
                         f"stopped by {sig} at epoch {epoch + 1}, step {done}; checkpoint saved. "
                         f"Continue with: featinv train --out {out} --resume", sig
                     )
                 if every and done % every == 0 and done < steps_per_epoch:
-                    if not math.isfinite(float(loss_sum)):  # never checkpoint weights a bad step touched
-                        raise fail(
-                            f"the loss became non-finite in epoch {epoch + 1} before step {done}; training stopped "
-                            f"and the last good checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
-                        )
-                    atomic_torch_save(checkpoint(epoch, done), ckpt_dir / "last.pt")
+                    save_mid_epoch(epoch, done)
             if n == 0:
                 raise fail("no training image could be decoded; see the skipped files above.")
             train_loss = float(loss_sum) / n
             if not math.isfinite(train_loss):
-                raise fail(
-                    f"the loss became {train_loss} in epoch {epoch + 1}; training stopped and the last good "
-                    f"checkpoint is kept in {ckpt_dir}. Try a smaller --lr."
-                )
+                raise nonfinite(train_loss, f"in epoch {epoch + 1}")
             train_time = time.perf_counter() - t_epoch
             final = epoch == last
             mean_image = (mean_sum / max(1, mean_n)).float() if final else None
@@ -373,10 +375,13 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                 keep=cfg.train.num_save if final else 0, mean_image=mean_image,
                 reference_stride=ref_stride if final else None, precision=precision, channels_last=cl,
             )
-            if ev.metrics["psnr"] > best_psnr:
+            improved = ev.metrics["psnr"] > best_psnr
+            if improved:
                 best_psnr, best_epoch = ev.metrics["psnr"], epoch + 1
-                atomic_torch_save(checkpoint(epoch + 1, 0), ckpt_dir / "best.pt")
-            atomic_torch_save(checkpoint(epoch + 1, 0), ckpt_dir / "last.pt")
+            state = checkpoint(epoch + 1, 0)
+            if improved:
+                atomic_torch_save(state, ckpt_dir / "best.pt")
+            atomic_torch_save(state, ckpt_dir / "last.pt")
             row = {
                 "epoch": epoch + 1,
                 "train_loss": f"{train_loss:.6g}",
