@@ -43,3 +43,95 @@ def test_training_gives_the_loss_unnormalized_unit_range_targets(tmp_path, sampl
     for lo, hi, mean in seen:
         assert 0.0 <= lo and hi <= 1.0
         assert 0.05 < mean < 0.95  # photos, not zero-centred normalized tensors
+
+
+def _pair(seed=0, size=176):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(2, 3, size, size, generator=g)
+    # a smooth image-like target: SSIM terms see structure, not only noise
+    target = torch.nn.functional.avg_pool2d(target, 5, stride=1, padding=2)
+    pred = (target + 0.1 * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    return pred, target
+
+
+@pytest.mark.parametrize("term", ["mse", "l1", "ssim", "ms_ssim"])
+def test_each_pixel_loss_is_zero_on_identical_positive_otherwise_and_differentiable(term):
+    pred, target = _pair()
+    loss = losses.ReconstructionLoss(**{"mse": 0.0, term: 1.0})
+    same = loss(target, target)
+    assert set(same) == {"loss", term}
+    assert abs(float(same["loss"])) < 1e-5
+    p = pred.clone().requires_grad_(True)
+    parts = loss(p, target)
+    assert float(parts["loss"].detach()) > 1e-3
+    parts["loss"].backward()
+    assert p.grad is not None and float(p.grad.abs().sum()) > 0
+
+
+def test_parts_are_weighted_into_the_total():
+    pred, target = _pair(1)
+    parts = losses.ReconstructionLoss(mse=2.0, l1=0.5, ssim=0.25)(pred, target)
+    assert set(parts) == {"loss", "mse", "l1", "ssim"}
+    expected = 2.0 * parts["mse"] + 0.5 * parts["l1"] + 0.25 * parts["ssim"]
+    assert torch.allclose(parts["loss"], expected)
+
+
+def test_ssim_loss_is_one_minus_the_ssim_metric():
+    from featinv.metrics import ssim
+
+    pred, target = _pair(2, size=64)
+    assert torch.allclose(losses.ssim_loss(pred, target), 1 - ssim(pred, target).mean(), atol=1e-5)
+
+
+def test_perceptual_loss_leaves_the_backbone_frozen():
+    module = losses.PerceptualLoss("resnet18", "random", ["layer1", "layer2"])
+    loss = losses.ReconstructionLoss(mse=0.0, perceptual=1.0, perceptual_module=module).train()
+    assert not module.extractor.training  # .train() on the loss does not unfreeze batch norm
+    pred, target = _pair(3, size=64)
+    same = loss(target, target)
+    assert set(same) == {"loss", "perceptual"} and abs(float(same["loss"])) < 1e-6
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    p = pred.clone().requires_grad_(True)
+    parts = loss(p, target)
+    assert float(parts["perceptual"].detach()) > 0
+    parts["loss"].backward()
+    assert p.grad is not None and float(p.grad.abs().sum()) > 0  # gradients reach the image...
+    assert all(q.grad is None and not q.requires_grad for q in module.parameters())  # ...not the backbone
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())  # running stats untouched
+
+
+def test_loss_weights_are_checked():
+    from featinv.utils import FeatinvError
+
+    with pytest.raises(FeatinvError, match="positive weight"):
+        losses.ReconstructionLoss(mse=0.0)
+    with pytest.raises(FeatinvError, match=">= 0"):
+        losses.ReconstructionLoss(mse=1.0, l1=-1.0)
+
+
+def test_cli_loss_flag_names_terms_and_zeroes_the_rest(tmp_path, capsys):
+    from featinv.cli import _set_loss_weights, main
+    from featinv.config import RunConfig
+
+    cfg = RunConfig()
+    _set_loss_weights(cfg, ["l1=1", "ssim=0.25"])
+    assert (cfg.loss.mse, cfg.loss.l1, cfg.loss.ssim, cfg.loss.perceptual) == (0.0, 1.0, 0.25, 0.0)
+    argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--loss", "l1=1", "nope=2"]
+    assert main(argv) == 2  # one clear line, no training
+    assert "--loss takes TERM=WEIGHT" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_logs_each_loss_part(tmp_path, samples):
+    import csv
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.data.max_images = 3
+    cfg.loss.mse, cfg.loss.ssim, cfg.loss.perceptual = 1.0, 0.5, 0.1
+    cfg.loss.perceptual_layers = ["layer1"]
+    summary = train(cfg, tmp_path / "run")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    for part in ("mse", "ssim", "perceptual"):
+        assert float(rows[0][f"train_{part}"]) > 0
+    total = 1.0 * float(rows[0]["train_mse"]) + 0.5 * float(rows[0]["train_ssim"]) + 0.1 * float(rows[0]["train_perceptual"])
+    assert abs(total - summary["train_loss"]) < 1e-4 * max(1.0, total)

@@ -110,3 +110,60 @@ def test_console_script_help():
     for args in ([], ["train"], ["evaluate"], ["reconstruct"], ["demo"]):
         r = subprocess.run([sys.executable, "-m", "featinv.cli", *args, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: featinv" in r.stdout
+
+
+def _tiny(samples, epochs, **train_kw):
+    cfg = tiny_config(samples / "train", samples / "val", epochs=epochs, **train_kw)
+    cfg.data.max_images = 3
+    cfg.train.num_save = 0
+    return cfg
+
+
+def test_time_budget_ends_training_and_is_recorded(tmp_path, samples):
+    s = train(_tiny(samples, epochs=50, minutes=0.0005), tmp_path / "run")  # 30 ms: spent within the first epoch
+    assert s["epochs_run"] == 1 and s["status"] == "completed"
+    assert 0.03 <= s["train_pass_s"] < s["train_time_s"]
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path, samples, monkeypatch):
+    real = train_module.evaluate_loader
+    scripted = iter([20.0, 19.0, 18.0, 17.0])  # val PSNR gets worse after epoch 1
+
+    def fake(*a, **kw):
+        ev = real(*a, **kw)
+        if kw.get("keep", 0) == 0 and kw.get("mean_image") is None:
+            ev.metrics["psnr"] = next(scripted)
+        return ev
+
+    monkeypatch.setattr(train_module, "evaluate_loader", fake)
+    out = tmp_path / "run"
+    s = train(_tiny(samples, epochs=4, patience=1), out)
+    assert s["epochs_run"] == 2 and s["best_epoch"] == 1
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    exported = load_file(out / "decoder.safetensors")
+    assert best["epoch"] == 1
+    assert all(torch.equal(exported[k], v) for k, v in best["decoder"].items())
+
+
+def test_ema_weights_are_the_ones_scored_and_exported(tmp_path, samples):
+    out = tmp_path / "run"
+    train(_tiny(samples, epochs=2, ema=0.5, grad_clip=1.0), out)  # 2 updates: the first one copies
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    exported = load_file(out / "decoder.safetensors")
+    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    assert set(ema) == set(exported)
+    assert all(torch.equal(exported[k], v) for k, v in ema.items())
+    assert any(not torch.equal(ckpt["decoder"][k], v) for k, v in ema.items() if v.is_floating_point())
+
+
+def test_default_recipe_beats_the_mean_image_on_held_out_photos(tmp_path, samples):
+    """The package defaults (decoder, loss, schedule), at tiny scale: a falsifiable check."""
+    from featinv.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.data.data, cfg.data.val_data, cfg.data.num_workers = str(samples / "train"), str(samples / "val"), 0
+    cfg.backbone.weights = "random"  # ImageNet weights cannot be downloaded here
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.device, cfg.train.num_save = 8, 3, "cpu", 0
+    s = train(cfg, tmp_path / "run")
+    assert s["val"]["psnr"] > s["reference"]["mean_image"]["psnr"] + 2.0
+    assert s["val"]["ssim"] > s["reference"]["mean_image"]["ssim"]

@@ -26,12 +26,39 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     else:
         p.add_argument("--weights", help="imagenet (default), random, or a path to a state-dict file")
         p.add_argument("--layers", nargs="+", help="taps to decode from (default: layer1 layer2 layer3 layer4)")
+    from .config import DecoderConfig, LossConfig, TrainConfig
+    from .decoders import FUSIONS, NORMS, UPSAMPLERS
+
+    dec, tr = DecoderConfig(), TrainConfig()
     p.add_argument("--decoder", help="decoder: pyramid (default) or seed (the original's baseline)")
-    p.add_argument("--width", type=int, help="pyramid decoder channels (default 128)")
-    p.add_argument("--epochs", type=int, help="epochs (default 10)")
+    p.add_argument("--width", type=int, help=f"pyramid decoder channels (default {dec.width})")
+    p.add_argument("--blocks", type=int, help=f"pyramid: residual blocks at the finest feature resolution (default {dec.blocks})")
+    p.add_argument("--upsample", choices=UPSAMPLERS, help=f"pyramid: x2 up-sampling layer (default {dec.upsample})")
+    p.add_argument("--fusion", choices=FUSIONS, help=f"pyramid: how coarser maps join finer ones (default {dec.fusion})")
+    p.add_argument("--norm", choices=NORMS, help=f"pyramid: normalization after convolutions (default {dec.norm})")
+    terms = ", ".join(f"{k}={v:g}" for k, v in vars(LossConfig()).items() if isinstance(v, float) and v > 0)
+    p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
+                   help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: mse, l1, ssim, ms_ssim, "
+                   f"perceptual; unnamed terms get weight 0 (default {terms})")
+    p.add_argument("--perceptual-backbone", metavar="NAME[:WEIGHTS]",
+                   help="backbone of the perceptual loss (default: the run's own, frozen)")
+    p.add_argument("--perceptual-layers", nargs="+", help="taps of the perceptual loss (default: its stage1 stage2)")
+    p.add_argument("--epochs", type=int, help=f"epochs (default {tr.epochs}; with --minutes, at most this many)")
+    p.add_argument("--minutes", type=float,
+                   help="time budget: stop when the training passes (validation excluded) have taken this long; "
+                   "the learning-rate schedule follows the budget")
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule after warm-up")
+    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length in epochs (default {tr.warmup_epochs:g})")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {tr.weight_decay:g})")
+    p.add_argument("--grad-clip", type=float, help=f"clip the gradient norm to this; 0 turns it off (default {tr.grad_clip:g})")
+    p.add_argument("--ema", type=float,
+                   help=f"decay of an exponential moving average of the decoder weights, which are then the ones "
+                   f"scored and saved; 0 turns it off (default {tr.ema:g})")
+    p.add_argument("--patience", type=int,
+                   help=f"stop after this many epochs without a better val PSNR and keep the best weights; "
+                   f"0 turns it off (default {tr.patience})")
     p.add_argument("--seed", type=int, help="seed for data order, crops and initial weights (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--max-images", type=int, help="use at most N training images (quick runs)")
@@ -78,6 +105,24 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     _add_run_flags(p, sweep=True)
 
 
+def _set_loss_weights(cfg, items: Sequence[str]) -> None:
+    """``--loss mse=1 ssim=0.5``: the named terms get these weights, the others 0."""
+    from .losses import TERMS
+
+    weights = dict.fromkeys(TERMS, 0.0)
+    for item in items:
+        term, sep, value = item.partition("=")
+        try:
+            w = float(value) if sep else 1.0
+        except ValueError:
+            w = -1.0
+        if term not in TERMS or w < 0:
+            raise FeatinvError(f"--loss takes TERM=WEIGHT with TERM one of {', '.join(TERMS)} and WEIGHT >= 0; got {item!r}.")
+        weights[term] = w
+    for term, w in weights.items():
+        setattr(cfg.loss, term, w)
+
+
 def _build_config(args: argparse.Namespace):
     from .config import RunConfig, load_config
 
@@ -103,7 +148,18 @@ def _build_config(args: argparse.Namespace):
         ("backbone", "layers"): layers,
         ("decoder", "name"): args.decoder,
         ("decoder", "width"): args.width,
+        ("decoder", "blocks"): args.blocks,
+        ("decoder", "upsample"): args.upsample,
+        ("decoder", "fusion"): args.fusion,
+        ("decoder", "norm"): args.norm,
+        ("loss", "perceptual_layers"): args.perceptual_layers,
+        ("train", "warmup_epochs"): args.warmup_epochs,
+        ("train", "weight_decay"): args.weight_decay,
+        ("train", "grad_clip"): args.grad_clip,
+        ("train", "ema"): args.ema,
+        ("train", "patience"): args.patience,
         ("train", "epochs"): args.epochs,
+        ("train", "minutes"): args.minutes,
         ("train", "batch_size"): args.batch_size,
         ("train", "lr"): args.lr,
         ("train", "schedule"): args.schedule,
@@ -122,6 +178,11 @@ def _build_config(args: argparse.Namespace):
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)
+    if args.loss:
+        _set_loss_weights(cfg, args.loss)
+    if args.perceptual_backbone:
+        name, _, weights = args.perceptual_backbone.partition(":")
+        cfg.loss.perceptual_backbone, cfg.loss.perceptual_weights = name, weights or "imagenet"
     # Paths are stored absolute so the run directory alone can find its data again.
     for key in ("data", "val_data", "split_file"):
         value = getattr(cfg.data, key)

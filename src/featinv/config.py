@@ -39,16 +39,36 @@ class BackboneConfig:
 class DecoderConfig:
     name: str = "pyramid"
     width: int = 128  # pyramid: channels of the top-down path
+    blocks: int = 0  # pyramid: residual blocks at the finest feature map's resolution
+    upsample: str = "resize"  # pyramid: pixelshuffle | convtranspose | resize (bilinear + conv)
+    fusion: str = "add"  # pyramid: add | concat (then a 1x1 conv)
+    norm: str = "batch"  # pyramid: batch | none
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``build_decoder`` (the seed decoder takes none)."""
+        if self.name == "seed":
+            return {}
+        return {"width": self.width, "blocks": self.blocks, "upsample": self.upsample, "fusion": self.fusion, "norm": self.norm}
 
 
 @dataclass
 class LossConfig:
+    """Weights of the loss terms; a term with weight 0 is not computed."""
+
     mse: float = 1.0
+    l1: float = 0.0
+    ssim: float = 0.0  # 1 - SSIM (Gaussian window 11, sigma 1.5)
+    ms_ssim: float = 0.0  # 1 - MS-SSIM
+    perceptual: float = 0.0  # feature reconstruction loss (Johnson et al. 2016)
+    perceptual_backbone: str = ""  # "" = the run's own frozen backbone; else a registry name
+    perceptual_weights: str = "imagenet"  # weights of perceptual_backbone
+    perceptual_layers: list[str] = field(default_factory=list)  # [] = the backbone's stage1, stage2
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    minutes: Optional[float] = None  # budget of training-step time; ends the run early, schedule follows it
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -61,6 +81,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 (autocast for the forward passes)
     channels_last: bool = True  # NHWC tensors for the convolutions
     compile: bool = False  # torch.compile the decoder (opt-in: compile time, platform support)
+    grad_clip: float = 0.0  # clip the gradient norm to this (0: off)
+    ema: float = 0.0  # decay of an exponential moving average of the decoder weights (0: off)
+    patience: int = 0  # stop after this many epochs without a better val PSNR (0: off)
 
 
 @dataclass

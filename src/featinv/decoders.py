@@ -58,8 +58,42 @@ class SeedDecoder(nn.Module):
         return x
 
 
-def _conv_bn_relu(a: int, b: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True))
+NORMS = ("batch", "none")
+UPSAMPLERS = ("pixelshuffle", "convtranspose", "resize")
+FUSIONS = ("add", "concat")
+
+
+def _norm(kind: str, c: int) -> nn.Module:
+    return nn.BatchNorm2d(c) if kind == "batch" else nn.Identity()
+
+
+def _conv_norm_relu(a: int, b: int, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=norm == "none"), _norm(norm, b), nn.ReLU(inplace=True))
+
+
+class ResBlock(nn.Module):
+    """conv-norm-ReLU-conv-norm plus the input (He et al.; EDSR drops the norm)."""
+
+    def __init__(self, c: int, norm: str = "batch") -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1, bias=norm == "none"), _norm(norm, c), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1, bias=norm == "none"), _norm(norm, c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _upsample(kind: str, a: int, b: int, norm: str) -> nn.Sequential:
+    """One ×2 stage from ``a`` to ``b`` channels."""
+    if kind == "pixelshuffle":  # the conv runs at the low resolution, then channels become pixels
+        layers = [nn.Conv2d(a, 4 * b, 3, padding=1, bias=norm == "none"), nn.PixelShuffle(2)]
+    elif kind == "convtranspose":
+        layers = [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1, bias=norm == "none")]
+    else:
+        layers = [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(a, b, 3, padding=1, bias=norm == "none")]
+    return nn.Sequential(*layers, _norm(norm, b), nn.ReLU(inplace=True))
 
 
 class PyramidDecoder(nn.Module):
@@ -67,28 +101,49 @@ class PyramidDecoder(nn.Module):
 
     A 1×1 projection (with batch norm, which tames the very different scales of backbone
     stages) brings every map to ``width`` channels. Starting from the coarsest, the path
-    up-samples to the next finer map's size, adds it, and refines with a 3×3 conv. From the
-    finest map, ×2 stages (bilinear up-sampling then a 3×3 conv, halving channels) reach the
-    image size; a 3×3 conv and a Sigmoid give RGB in [0,1].
+    up-samples to the next finer map's size, fuses it (``add``, or ``concat`` then a 1×1 conv)
+    and refines with a 3×3 conv. ``blocks`` residual blocks then work at the finest map's
+    resolution, where they are cheap; ×2 stages (``upsample``: PixelShuffle, ConvTranspose or
+    bilinear resize + conv, halving channels) reach the image size; a 3×3 conv and a Sigmoid
+    give RGB in [0,1].
     """
 
-    def __init__(self, shapes: Shapes, image_size: int = 224, width: int = 128, **_: Any) -> None:
+    def __init__(
+        self,
+        shapes: Shapes,
+        image_size: int = 224,
+        width: int = 128,
+        blocks: int = 0,
+        upsample: str = "resize",
+        fusion: str = "add",
+        norm: str = "batch",
+        **_: Any,
+    ) -> None:
         super().__init__()
         if width < 8:
             raise FeatinvError(f"decoder width must be at least 8, got {width}.")
+        if blocks < 0:
+            raise FeatinvError(f"decoder blocks must be >= 0, got {blocks}.")
+        for value, allowed, what in ((upsample, UPSAMPLERS, "upsample"), (fusion, FUSIONS, "fusion"), (norm, NORMS, "norm")):
+            if value not in allowed:
+                raise FeatinvError(f"decoder {what} must be one of {', '.join(allowed)}, got {value!r}.")
         self.image_size = image_size
+        self.fusion = fusion
         # Coarse to fine; ties keep the caller's order.
         self.order = sorted(shapes, key=lambda k: shapes[k][1])
         self.lateral = nn.ModuleDict(
             {k: nn.Sequential(nn.Conv2d(shapes[k][0], width, 1, bias=False), nn.BatchNorm2d(width)) for k in self.order}
         )
-        self.refine = nn.ModuleDict({k: _conv_bn_relu(width, width) for k in self.order})
+        if fusion == "concat":
+            self.merge = nn.ModuleDict({k: nn.Conv2d(2 * width, width, 1) for k in self.order[1:]})
+        self.refine = nn.ModuleDict({k: _conv_norm_relu(width, width, norm) for k in self.order})
+        self.blocks = nn.Sequential(*(ResBlock(width, norm) for _ in range(blocks)))
         finest = shapes[self.order[-1]][1]
         up: list[nn.Module] = []
         c = width
         for _ in range(_stages(image_size, finest)):
             nxt = max(c // 2, 16)
-            up += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv_bn_relu(c, nxt)]
+            up.append(_upsample(upsample, c, nxt, norm))
             c = nxt
         self.up = nn.Sequential(*up)
         self.out = nn.Sequential(nn.Conv2d(c, 3, 3, padding=1), nn.Sigmoid())
@@ -98,11 +153,12 @@ class PyramidDecoder(nn.Module):
         for k in self.order:
             lat = self.lateral[k](features[k])
             if x is not None:
-                x = F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False) + lat
+                x = F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False)
+                x = x + lat if self.fusion == "add" else self.merge[k](torch.cat([x, lat], dim=1))
             else:
                 x = lat
             x = self.refine[k](x)
-        x = self.out(self.up(x))
+        x = self.out(self.up(self.blocks(x)))
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return x

@@ -1,6 +1,12 @@
-"""Training losses. Each returns a dict of its parts: ``{"loss": total, "mse": ..., ...}``."""
+"""Training losses. Each returns a dict of its parts: ``{"loss": total, "mse": ..., ...}``.
+
+Pixel terms (MSE, L1, 1-SSIM, 1-MS-SSIM) are computed in float32 even under autocast; the
+perceptual term runs its backbone under whatever autocast the caller set.
+"""
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +19,7 @@ TARGET_RANGE_MESSAGE = (
     "loss targets must be [0,1] RGB images; got values outside [0,1] "
     "(ImageNet-normalized targets were the original project's fault)"
 )
+TERMS = ("mse", "l1", "ssim", "ms_ssim", "perceptual")
 
 
 def check_target_range(target: torch.Tensor) -> None:
@@ -24,21 +31,102 @@ def check_target_range(target: torch.Tensor) -> None:
         raise ValueError(TARGET_RANGE_MESSAGE)
 
 
-class ReconstructionLoss(nn.Module):
-    """Weighted sum of pixel losses between a reconstruction and its [0,1] target."""
+def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM (Wang et al.: Gaussian window 11, sigma 1.5), averaged over the batch."""
+    import piq
 
-    def __init__(self, mse: float = 1.0) -> None:
+    return 1.0 - piq.ssim(pred, target, data_range=1.0, kernel_size=11, kernel_sigma=1.5, downsample=False)
+
+
+def ms_ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - MS-SSIM (Wang et al. 2003, five scales), averaged over the batch."""
+    import piq
+
+    min_side = min(pred.shape[-2:])
+    if min_side <= 160:  # five scales of an 11-pixel window need more than 10 * 2**4 pixels
+        raise FeatinvError(f"the MS-SSIM loss needs images larger than 160 pixels, got {min_side}; use --ssim-loss instead.")
+    return 1.0 - piq.multi_scale_ssim(pred, target, data_range=1.0, kernel_size=11, kernel_sigma=1.5)
+
+
+class PerceptualLoss(nn.Module):
+    """Feature reconstruction loss (Johnson et al. 2016) through a frozen backbone.
+
+    For each layer, the squared error between the features of the reconstruction and of the
+    target, divided by the target features' mean square so that layers of different scales
+    weigh alike; the mean over layers. The backbone stays frozen and in eval mode: gradients
+    flow through it to the image, never into it.
+    """
+
+    def __init__(self, backbone: str, weights: str = "imagenet", layers: Optional[Sequence[str]] = None, seed: int = 0):
         super().__init__()
-        if mse <= 0:
-            raise FeatinvError("the loss needs a positive weight on at least one term (mse).")
-        self.w_mse = mse
+        from .backbones import FeatureExtractor, get_spec
+
+        layers = list(layers) if layers else get_spec(backbone).default_layers[:2]
+        self.extractor = FeatureExtractor(backbone, weights, layers, seed=seed)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            want = self.extractor(target)
+        got = self.extractor(pred)
+        terms = [
+            F.mse_loss(got[k].float(), want[k].float()) / want[k].float().pow(2).mean().clamp_min(1e-8) for k in want
+        ]
+        return torch.stack(terms).mean()
+
+
+class ReconstructionLoss(nn.Module):
+    """Weighted sum of the enabled terms between a reconstruction and its [0,1] target."""
+
+    def __init__(
+        self,
+        mse: float = 1.0,
+        l1: float = 0.0,
+        ssim: float = 0.0,
+        ms_ssim: float = 0.0,
+        perceptual: float = 0.0,
+        perceptual_module: Optional[PerceptualLoss] = None,
+    ) -> None:
+        super().__init__()
+        weights = {"mse": mse, "l1": l1, "ssim": ssim, "ms_ssim": ms_ssim, "perceptual": perceptual}
+        bad = [k for k, w in weights.items() if w < 0 or w != w]
+        if bad:
+            raise FeatinvError(f"loss weights must be >= 0; got {', '.join(f'{k}={weights[k]}' for k in bad)}.")
+        self.weights = {k: float(w) for k, w in weights.items() if w > 0}
+        if not self.weights:
+            raise FeatinvError("the loss needs a positive weight on at least one term (mse, l1, ssim, ms_ssim, perceptual).")
+        if "perceptual" in self.weights and perceptual_module is None:
+            raise FeatinvError("a perceptual loss weight needs a PerceptualLoss module (build_loss makes one).")
+        self.perceptual = perceptual_module if "perceptual" in self.weights else None
+
+    @property
+    def parts(self) -> list[str]:
+        """Names of the enabled terms, in the order they are logged."""
+        return [k for k in TERMS if k in self.weights]
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         check_target_range(target)
-        parts = {"mse": F.mse_loss(pred.float(), target.float())}
-        parts["loss"] = self.w_mse * parts["mse"]
+        parts: dict[str, torch.Tensor] = {}
+        with torch.autocast(pred.device.type, enabled=False):
+            p, t = pred.float(), target.float()
+            if "mse" in self.weights:
+                parts["mse"] = F.mse_loss(p, t)
+            if "l1" in self.weights:
+                parts["l1"] = F.l1_loss(p, t)
+            if "ssim" in self.weights:
+                parts["ssim"] = ssim_loss(p, t)
+            if "ms_ssim" in self.weights:
+                parts["ms_ssim"] = ms_ssim_loss(p, t)
+        if self.perceptual is not None:
+            parts["perceptual"] = self.perceptual(pred, target).float()
+        parts["loss"] = sum(self.weights[k] * v for k, v in parts.items())
         return parts
 
 
-def build_loss(cfg: LossConfig) -> ReconstructionLoss:
-    return ReconstructionLoss(mse=cfg.mse)
+def build_loss(cfg: LossConfig, backbone: str = "resnet50", weights: str = "imagenet", seed: int = 0) -> ReconstructionLoss:
+    """The loss ``cfg`` describes; the perceptual term defaults to the run's own backbone."""
+    module = None
+    if cfg.perceptual > 0:
+        name = cfg.perceptual_backbone or backbone
+        w = cfg.perceptual_weights if cfg.perceptual_backbone else weights
+        module = PerceptualLoss(name, w, cfg.perceptual_layers or None, seed=seed)
+    return ReconstructionLoss(cfg.mse, cfg.l1, cfg.ssim, cfg.ms_ssim, cfg.perceptual, module)

@@ -382,8 +382,12 @@ def build_report(
         "validation data": cfg.data.val_data or f"hash split of the training folder, fraction {cfg.data.val_fraction}",
         "images (train / val)": f"{first['train_images']} / {first['val_images']}",
         "backbones and weights": ", ".join(dict.fromkeys(_model_label(r) for r in rows)),
-        "decoder": f"{cfg.decoder.name} (width {cfg.decoder.width})",
-        "budget per configuration": f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
+        "decoder": cfg.decoder.name if cfg.decoder.name == "seed" else
+                   f"{cfg.decoder.name} (width {cfg.decoder.width}, {cfg.decoder.blocks} residual blocks, "
+                   f"{cfg.decoder.upsample} up-sampling, {cfg.decoder.fusion} fusion, {cfg.decoder.norm} norm)",
+        "loss": " + ".join(f"{w:g}·{k}" for k, w in cfg.loss.__dict__.items() if isinstance(w, float) and w > 0),
+        "budget per configuration": (f"{cfg.train.minutes:g} min of training (at most {cfg.train.epochs} epochs)"
+                                     if cfg.train.minutes else f"{cfg.train.epochs} epochs") + f", batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
                                     f"{cfg.train.schedule} schedule, seed {cfg.train.seed}",
         "total training time": f"{sum(r['train_time_s'] for r in rows):.0f} s",
         "device": first.get("device", "?"),

@@ -40,9 +40,15 @@ from .utils import (
 log = logging.getLogger("featinv")
 
 METRIC_FIELDS = ["epoch", "train_loss", "val_mse", "val_psnr", "val_ssim", "lr", "epoch_time_s", "train_images_per_s"]
+
+
+def metric_fields(parts: list[str]) -> list[str]:
+    """metrics.csv columns: the base ones plus ``train_<part>`` for each loss term."""
+    return METRIC_FIELDS[:2] + [f"train_{p}" for p in parts] + METRIC_FIELDS[2:]
 # Keys a resumed run may change; anything else must match the saved config.
 RESUMABLE_CHANGES = {
-    ("train", "epochs"), ("train", "device"), ("train", "checkpoint_every"), ("data", "num_workers"), ("data", "strict"),
+    ("train", "epochs"), ("train", "device"), ("train", "checkpoint_every"), ("train", "patience"), ("train", "minutes"),
+    ("data", "num_workers"), ("data", "strict"),
 }
 
 
@@ -90,6 +96,10 @@ def validate_config(cfg: RunConfig) -> None:
         (t.lr > 0 and math.isfinite(t.lr), f"--lr must be a positive number, got {t.lr}."),
         (t.weight_decay >= 0, f"weight_decay must be >= 0, got {t.weight_decay}."),
         (t.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {t.schedule!r}."),
+        (t.minutes is None or t.minutes > 0, f"--minutes must be positive, got {t.minutes}."),
+        (t.grad_clip >= 0, f"--grad-clip must be >= 0, got {t.grad_clip}."),
+        (0 <= t.ema < 1, f"--ema must be in [0, 1), got {t.ema}."),
+        (t.patience >= 0, f"--patience must be >= 0, got {t.patience}."),
         (t.num_save >= 0, f"--num-save must be >= 0, got {t.num_save}."),
         (t.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {t.checkpoint_every}."),
         (d.image_size >= 32, f"image_size must be at least 32, got {d.image_size}."),
@@ -109,10 +119,14 @@ def lr_factor(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[i
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
     return f
+
+
+def cosine(progress: float) -> float:
+    """Cosine decay from 1 at progress 0 to 0 at progress 1."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 def _read_metrics(path: Path) -> list[dict[str, str]]:
@@ -122,9 +136,9 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
+def _write_metrics(rows: list[dict[str, Any]], path: Path, fields: list[str]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
@@ -156,7 +170,7 @@ def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
     if changed:
         raise FeatinvError(
             f"--resume: {out} holds a different run (settings differ: {', '.join('.'.join(k) for k in changed)}); "
-            "only --epochs, --device, --workers, --checkpoint-every and --strict may change when resuming."
+            "only --epochs, --minutes, --patience, --device, --workers, --checkpoint-every and --strict may change when resuming."
         )
 
 
@@ -202,7 +216,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     shapes = extractor.feature_shapes(d.image_size)
     ref_stride = min(extractor.strides(d.image_size).values())
     torch.manual_seed(seed)  # the decoder's initial weights do not depend on the backbone's build
-    decoder = build_decoder(cfg.decoder.name, shapes, d.image_size, width=cfg.decoder.width).to(device)
+    decoder = build_decoder(cfg.decoder.name, shapes, d.image_size, **cfg.decoder.options()).to(device)
     cl = cfg.train.channels_last
     if cl:
         extractor = extractor.to(memory_format=torch.channels_last)
@@ -210,7 +224,16 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     # `decoder` is what is saved; `step_decoder` what runs (compiled on request).
     step_decoder = torch.compile(decoder) if cfg.train.compile else decoder
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = build_loss(cfg.loss, cfg.backbone.name, cfg.backbone.weights, seed).to(device)
+    fields = metric_fields(loss_fn.parts)
+    # The weights that are scored and saved: an exponential moving average of the decoder's
+    # (batch-norm buffers included) when --ema is set, else the decoder itself.
+    ema = None
+    if cfg.train.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(decoder, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        ema.spec = decoder.spec
     log.info(
         "%d train / %d val images; %s (%s weights) layers %s → %s decoder (%.2fM parameters) on %s",
         len(train_recs), len(val_recs), cfg.backbone.name, extractor.weights_info["weights"],
@@ -233,9 +256,12 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     start_epoch, start_step, best_psnr, best_epoch = 0, 0, -math.inf, 0
     mean_sum = torch.zeros(3, d.image_size, d.image_size, dtype=torch.float64, device=device)
     mean_n = 0
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # of the epoch in progress
+    # Sums over the epoch in progress: the total loss, then each part.
+    loss_sum = torch.zeros(1 + len(loss_fn.parts), dtype=torch.float64, device=device)
     n = 0
     elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
+    train_s = 0.0  # wall time of the training passes of finished epochs (validation excluded)
+    t_epoch, in_epoch = time.perf_counter(), False
     if resume:
         try:
             ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
@@ -250,6 +276,8 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                 f"({ckpt['decoder_spec']['name']} on {', '.join(ckpt['decoder_spec']['shapes'])})."
             )
         decoder.load_state_dict(ckpt["decoder"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -260,12 +288,14 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         loss_sum, n = ckpt["loss_sum"].to(device), ckpt["n"]
         torch.set_rng_state(ckpt["rng"])
         elapsed_before = ckpt["elapsed_s"]
+        train_s = ckpt["train_s"]
         log.info("resuming %s at epoch %d, step %d", out, start_epoch + 1, start_step)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     metrics_path = out / "metrics.csv"
     rows = [r for r in _read_metrics(metrics_path) if int(r["epoch"]) <= start_epoch]
-    _write_metrics(rows, metrics_path)
+    _write_metrics(rows, metrics_path, fields)
+    scored = ema.module if ema is not None else decoder  # what is evaluated and exported
 
     def checkpoint(epoch: int, step: int) -> dict:
         """``epoch`` epochs done, plus ``step`` batches of the next one."""
@@ -274,6 +304,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             "step": step,
             "decoder": decoder.state_dict(),
             "decoder_spec": decoder.spec,
+            "ema": ema.state_dict() if ema is not None else {},
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
@@ -285,8 +316,13 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             "n": n,
             "rng": torch.get_rng_state(),
             "elapsed_s": elapsed_before + time.perf_counter() - t0,
+            "train_s": spent(),
             "config": cfg.to_dict(),
         }
+
+    def spent() -> float:
+        """Training-pass seconds so far, the epoch in progress included."""
+        return train_s + (time.perf_counter() - t_epoch if in_epoch else 0.0)
 
     def fail(message: str) -> FeatinvError:
         record_failure(out, message)
@@ -301,22 +337,28 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     def save_mid_epoch(epoch: int, step: int) -> None:
         # Between finite-loss checks (every 20 steps on a GPU) a bad step may have gone by:
         # never checkpoint weights it touched.
-        if not math.isfinite(total := float(loss_sum)):
+        if not math.isfinite(total := float(loss_sum[0])):
             raise nonfinite(total, f"in epoch {epoch + 1} before step {step}")
         atomic_torch_save(checkpoint(epoch, step), ckpt_dir / "last.pt")
 
     from tqdm.auto import tqdm
 
     ev: Optional[Evaluation] = None
+    stopped_early = False
     last = cfg.train.epochs - 1
     every = cfg.train.checkpoint_every
     check_every = 1 if device.type == "cpu" else 20  # finite-loss checks sync the host; free on the CPU
+    budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
+    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
+    out_of_time = False
+    if budget_s is not None and train_s >= budget_s:  # a resumed run whose budget is spent
+        start_epoch = cfg.train.epochs
     with StopSignals() as stop:
         for epoch in range(start_epoch, cfg.train.epochs):
-            t_epoch = time.perf_counter()
+            t_epoch, in_epoch = time.perf_counter(), True
             first = start_step if epoch == start_epoch else 0
             if first == 0:
-                loss_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0
+                loss_sum, n = torch.zeros_like(loss_sum), 0
             # Batches are consecutive slices of a fixed order: skipping `first` batches replays the rest.
             train_loader.sampler.set_epoch(epoch, start=first * cfg.train.batch_size)
             decoder.train()
@@ -332,7 +374,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                             with torch.no_grad():
                                 feats = extractor(x)
                             pred = step_decoder(feats)
-                        parts = loss_fn(pred, x)  # in float32
+                            parts = loss_fn(pred, x)  # pixel terms in float32
                         opt.zero_grad(set_to_none=True)
                         scaler.scale(parts["loss"]).backward()
                     except torch.cuda.OutOfMemoryError:
@@ -345,10 +387,23 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                         if not math.isfinite(value):
                             raise nonfinite(value, f"at epoch {epoch + 1}, step {step + 1}")
                         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                    if cfg.train.grad_clip > 0:
+                        scaler.unscale_(opt)
+                        torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.train.grad_clip)
+                    if budget_s is not None:  # the schedule follows the time budget instead of the step count
+                        g = epoch * steps_per_epoch + step
+                        f = (g + 1) / warmup_steps if g < warmup_steps else 1.0
+                        if cfg.train.schedule == "cosine":
+                            f = min(f, cosine(spent() / budget_s))
+                        for group in opt.param_groups:
+                            group["lr"] = cfg.train.lr * f
                     scaler.step(opt)
                     scaler.update()
-                    sched.step()
-                    loss_sum += parts["loss"].detach().double() * len(x)
+                    if budget_s is None:
+                        sched.step()
+                    if ema is not None:
+                        ema.update_parameters(decoder)
+                    loss_sum += torch.stack([parts[k].detach() for k in ["loss", *loss_fn.parts]]).double() * len(x)
                     n += len(x)
                     if epoch == 0:
                         mean_sum += x.sum(0, dtype=torch.float64)
@@ -362,16 +417,21 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                     )
                 if every and done % every == 0 and done < steps_per_epoch:
                     save_mid_epoch(epoch, done)
+                if budget_s is not None and spent() >= budget_s:
+                    out_of_time = True
+                    break
             if n == 0:
                 raise fail("no training image could be decoded; see the skipped files above.")
-            train_loss = float(loss_sum) / n
+            train_parts = (loss_sum / n).tolist()
+            train_loss = train_parts[0]
             if not math.isfinite(train_loss):
                 raise nonfinite(train_loss, f"in epoch {epoch + 1}")
             train_time = time.perf_counter() - t_epoch
-            final = epoch == last
+            train_s, in_epoch = spent(), False
+            final = epoch == last or out_of_time
             mean_image = (mean_sum / max(1, mean_n)).float() if final else None
             ev = evaluate_loader(
-                extractor, decoder, val_loader, val_recs, device, skips, desc="validate",
+                extractor, scored, val_loader, val_recs, device, skips, desc="validate",
                 keep=cfg.train.num_save if final else 0, mean_image=mean_image,
                 reference_stride=ref_stride if final else None, precision=precision, channels_last=cl,
             )
@@ -385,6 +445,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             row = {
                 "epoch": epoch + 1,
                 "train_loss": f"{train_loss:.6g}",
+                **{f"train_{k}": f"{v:.6g}" for k, v in zip(loss_fn.parts, train_parts[1:])},
                 "val_mse": f"{ev.metrics['mse']:.6g}",
                 "val_psnr": f"{ev.metrics['psnr']:.4f}",
                 "val_ssim": f"{ev.metrics['ssim']:.5f}",
@@ -393,25 +454,38 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                 "train_images_per_s": f"{n / train_time:.2f}",
             }
             rows.append(row)
-            _write_metrics(rows, metrics_path)
+            _write_metrics(rows, metrics_path, fields)
             log.info(
                 "epoch %d/%d  train loss %.5f  val MSE %.5f  PSNR %.2f dB  SSIM %.4f  (%.1f s)",
                 epoch + 1, cfg.train.epochs, train_loss, ev.metrics["mse"], ev.metrics["psnr"], ev.metrics["ssim"],
                 time.perf_counter() - t_epoch,
             )
+            if out_of_time:
+                log.info("time budget of %g minutes spent after %d epoch(s)", cfg.train.minutes, epoch + 1)
+                break
             if (sig := stop.signal) is not None and epoch < last:
                 raise TrainingInterrupted(
                     f"stopped by {sig} after epoch {epoch + 1}; checkpoint saved. "
                     f"Continue with: featinv train --out {out} --resume", sig
                 )
+            patience = cfg.train.patience
+            if patience and not final and epoch + 1 - best_epoch >= patience:
+                log.info("early stop: no better val PSNR for %d epochs; keeping epoch %d's weights", patience, best_epoch)
+                stopped_early = True
+                break
 
-    if ev is None:  # resumed a finished run: score it again for the outputs below
+    if stopped_early:
+        best = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
+        decoder.load_state_dict(best["decoder"])
+        if ema is not None:
+            ema.load_state_dict(best["ema"])
+    if ev is None or stopped_early:  # resumed a finished run, or back to the best: score for the outputs below
         ev = evaluate_loader(
-            extractor, decoder, val_loader, val_recs, device, skips, desc="validate", keep=cfg.train.num_save,
+            extractor, scored, val_loader, val_recs, device, skips, desc="validate", keep=cfg.train.num_save,
             mean_image=(mean_sum / max(1, mean_n)).float(), reference_stride=ref_stride,
             precision=precision, channels_last=cl,
         )
-    export_decoder(decoder, extractor, cfg, out)
+    export_decoder(scored, extractor, cfg, out)
     weights_label = extractor.weights_info["weights"]
     title = f"{cfg.backbone.name} ({weights_label} weights), {'+'.join(cfg.backbone.layers)}, {cfg.decoder.name} decoder"
     if cfg.notes:
@@ -439,6 +513,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         "decoder": cfg.decoder.name,
         "decoder_parameters": count_parameters(decoder),
         "epochs": cfg.train.epochs,
+        "epochs_run": len(rows),
         "train_images": sum(r.relpath not in skips.reasons for r in train_recs),  # decoded, not just listed
         "val_images": ev.n_images,
         "skipped_files": len(skips),
@@ -448,6 +523,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         "best_val_psnr": best_psnr,
         "reference": ev.reference,
         "train_time_s": round(elapsed_before + time.perf_counter() - t0, 2),
+        "train_pass_s": round(train_s, 2),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info(
