@@ -5,7 +5,8 @@
     ResNet-50, maps concatenated at 7×7 into the `seed` decoder, Adam;
 (b) the `seed` decoder trained by featinv (prepared cache, loader workers, channels_last,
     the default precision, a truncated backbone);
-(c) featinv's default configuration (the `pyramid` decoder).
+(c) featinv's default configuration (the `pyramid` decoder);
+(d) (c) with `--cache-features`: later epochs read the backbone's outputs from disk.
 
 (b) and (c) run featinv's own `train()`; their steady-state rate is the images/s of the last
 epoch (the first epoch is the warm-up). Each variant runs in its own process, so its peak
@@ -89,7 +90,7 @@ def original_loop(folder: str, device_name: str, warmup: int, steps: int, out: m
 
 
 def featinv_run(cache: str, val: str, decoder: str, device_name: str, batch: int, epochs: int, precision: str,
-                run_dir: str, out: mp.Queue) -> None:
+                run_dir: str, cache_features: bool, out: mp.Queue) -> None:
     """(b)/(c): featinv's own training, reading the steady-state rate from metrics.csv."""
     import logging
 
@@ -102,7 +103,7 @@ def featinv_run(cache: str, val: str, decoder: str, device_name: str, batch: int
         backbone=BackboneConfig(name="resnet50", weights="random"),
         decoder=DecoderConfig(name=decoder),
         train=TrainConfig(epochs=epochs, batch_size=batch, device=device_name, precision=precision, num_save=0,
-                          checkpoint_every=0),
+                          checkpoint_every=0, cache_features=cache_features),
     )
     summary = train(cfg, run_dir)
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
@@ -142,11 +143,13 @@ def step_flops(device: torch.device, precision: str, batch: int = 4) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from featinv.backbones import FeatureExtractor
+    from featinv.config import DecoderConfig
     from featinv.decoders import build_decoder
     from featinv.utils import autocast
 
     fe = FeatureExtractor("resnet50", weights="random").to(device)
-    dec = build_decoder("pyramid", fe.feature_shapes(224), 224).to(device)
+    dc = DecoderConfig()  # the default decoder, as (c) trains it
+    dec = build_decoder(dc.name, fe.feature_shapes(224), 224, **dc.options()).to(device)
     x = torch.rand(batch, 3, 224, 224, device=device)
     with FlopCounterMode(display=False) as counter:
         with autocast(precision, device):
@@ -155,6 +158,42 @@ def step_flops(device: torch.device, precision: str, batch: int = 4) -> float:
             y = dec(feats)
         torch.nn.functional.mse_loss(y.float(), x).backward()
     return counter.get_total_flops() / batch
+
+
+def profile_step(device: torch.device, precision: str, batch: int, steps: int = 3) -> str:
+    """torch.profiler table (top operators by self time) of the default configuration's step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from featinv.backbones import FeatureExtractor
+    from featinv.config import DecoderConfig
+    from featinv.decoders import build_decoder
+    from featinv.utils import autocast
+
+    fe = FeatureExtractor("resnet50", weights="random").to(device, memory_format=torch.channels_last)
+    dc = DecoderConfig()
+    dec = build_decoder(dc.name, fe.feature_shapes(224), 224, **dc.options()).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(dec.parameters(), lr=1e-3)
+    x = torch.rand(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with autocast(precision, device):
+            with torch.no_grad():
+                feats = fe(x)
+            y = dec(feats)
+        loss = torch.nn.functional.mse_loss(y.float(), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15)
 
 
 def main() -> None:
@@ -167,6 +206,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="featinv epochs; the last one is measured")
     ap.add_argument("--warmup", type=int, default=2, help="(a) steps excluded from timing")
     ap.add_argument("--steps", type=int, default=8, help="(a) timed steps of batch 8")
+    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of (c)'s training step")
     args = ap.parse_args()
 
     from featinv.cache import prepare
@@ -195,9 +235,11 @@ def main() -> None:
 
         a = in_subprocess(original_loop, str(folder.parent), str(device), args.warmup, args.steps)
         b = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "seed", str(device), args.batch_size,
-                          args.epochs, args.precision, str(tmp / "run_b"))
+                          args.epochs, args.precision, str(tmp / "run_b"), False)
         c = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "pyramid", str(device), args.batch_size,
-                          args.epochs, args.precision, str(tmp / "run_c"))
+                          args.epochs, args.precision, str(tmp / "run_c"), False)
+        d = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "pyramid", str(device), args.batch_size,
+                          args.epochs, args.precision, str(tmp / "run_d"), True)
     precision = resolve_precision(args.precision, device)
     peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32)
     flops = step_flops(device, precision)
@@ -208,12 +250,17 @@ def main() -> None:
         ("(a) original loop (ImageFolder decode per step, batch 8, fp32)", a),
         (f"(b) seed decoder, featinv engineering ({b['precision']}, batch {args.batch_size})", b),
         (f"(c) featinv default: pyramid decoder ({c['precision']}, batch {args.batch_size})", c),
+        ("(d) (c) + --cache-features (epochs after the first)", d),
     ):
         print(f"{label:<64} {r['images_per_s']:>9.2f} {r['peak_mib']:>9.0f}")
-    print(f"ratio b/a: {b['images_per_s'] / a['images_per_s']:.2f}x   ratio c/a: {c['images_per_s'] / a['images_per_s']:.2f}x")
+    print(f"ratio b/a: {b['images_per_s'] / a['images_per_s']:.2f}x   ratio c/a: {c['images_per_s'] / a['images_per_s']:.2f}x"
+          f"   ratio d/a: {d['images_per_s'] / a['images_per_s']:.2f}x")
     print(f"(c) training step: {flops / 1e9:.1f} GFLOP per image → {achieved / 1e9:.1f} GFLOP/s achieved; "
           f"{precision} matmul peak measured now: {peak / 1e9:.1f} GFLOP/s → {100 * achieved / peak:.0f}% of peak")
-    print(json.dumps({"a": a, "b": b, "c": c, "prepare_s": prep_s, "step_gflop_per_image": flops / 1e9,
+    if args.profile:
+        print(f"torch.profiler, 3 steps of (c) at batch {args.batch_size} ({precision}):")
+        print(profile_step(device, precision, args.batch_size))
+    print(json.dumps({"a": a, "b": b, "c": c, "d": d, "prepare_s": prep_s, "step_gflop_per_image": flops / 1e9,
                       "matmul_peak_gflops": peak / 1e9, "device": name}))
 
 

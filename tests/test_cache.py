@@ -136,3 +136,66 @@ def test_undecodable_files_in_a_cache_are_reported_as_skips(samples, tmp_path):
     skips = SkipLog()
     _, val = split_for_config(DataConfig(data=str(samples / "train"), val_data=str(tmp_path / "c")), skips)
     assert "broken.jpg" in skips.reasons and len(val) == 3
+
+
+def _feature_cfg(samples, epochs):
+    from conftest import tiny_config
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=epochs)
+    cfg.data.augment = False
+    cfg.data.max_images = 6
+    cfg.train.num_save = 0
+    cfg.backbone.layers = ["layer1", "layer2"]
+    return cfg
+
+
+def test_feature_cache_skips_the_backbone_after_epoch_one_and_trains_alike(samples, tmp_path, monkeypatch):
+    from featinv.backbones import FeatureExtractor
+    from featinv.train import train
+
+    calls = []
+    real = FeatureExtractor.forward
+
+    def spy(self, x):
+        calls.append(len(x))
+        return real(self, x)
+
+    monkeypatch.setattr(FeatureExtractor, "forward", spy)
+    cfg = _feature_cfg(samples, epochs=3)
+    cfg.train.cache_features = True
+    with_cache = train(cfg, tmp_path / "cached")
+    n_cached = sum(calls)
+    calls.clear()
+    cfg.train.cache_features = False
+    without = train(cfg, tmp_path / "plain")
+    n_plain = sum(calls)
+    # the plain run sends 6 training images through the backbone every epoch; the cached one only in epoch 1
+    assert n_plain - n_cached == 2 * 6
+    files = sorted(p.name for p in (tmp_path / "cached" / "feature_cache").iterdir())
+    assert files == ["layer1.f16", "layer2.f16"]
+    assert (tmp_path / "cached" / "feature_cache" / "layer1.f16").stat().st_size == 6 * 256 * 56 * 56 * 2
+    # float16 storage changes the features by ~1e-3 relative: the runs end close, not bit-equal
+    assert abs(with_cache["val"]["psnr"] - without["val"]["psnr"]) < 0.3
+
+
+def test_feature_cache_refuses_without_disk_space(samples, tmp_path, monkeypatch):
+    import shutil
+
+    from featinv.train import train
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
+    cfg = _feature_cfg(samples, epochs=1)
+    cfg.train.cache_features = True
+    with pytest.raises(FeatinvError, match=r"needs .* GB .* free"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "feature_cache").exists()
+
+
+def test_feature_cache_needs_fixed_crops(samples, tmp_path):
+    from featinv.train import train
+
+    cfg = _feature_cfg(samples, epochs=1)
+    cfg.data.augment = True
+    cfg.train.cache_features = True
+    with pytest.raises(FeatinvError, match="--no-augment"):
+        train(cfg, tmp_path / "run")

@@ -63,6 +63,9 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--max-images", type=int, help="use at most N training images (quick runs)")
     p.add_argument("--no-augment", action="store_true", help="train on center crops (no random crop/flip)")
+    p.add_argument("--cache-features", action="store_true",
+                   help="with --no-augment: store the frozen backbone's outputs (float16, in RUN/feature_cache) "
+                   "during epoch 1 and train later epochs from them; the disk space is checked first")
     p.add_argument("--workers", type=int, help="data-loader workers (default: from the CPU count)")
     p.add_argument("--num-save", type=int, help="validation pairs saved at the end (default 8)")
     p.add_argument("--checkpoint-every", type=int,
@@ -175,6 +178,8 @@ def _build_config(args: argparse.Namespace):
         overrides[("data", "strict")] = True
     if args.compile:
         overrides[("train", "compile")] = True
+    if args.cache_features:
+        overrides[("train", "cache_features")] = True
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)

@@ -31,11 +31,30 @@ def check_target_range(target: torch.Tensor) -> None:
         raise ValueError(TARGET_RANGE_MESSAGE)
 
 
-def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - SSIM (Wang et al.: Gaussian window 11, sigma 1.5), averaged over the batch."""
-    import piq
+def _gaussian(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
 
-    return 1.0 - piq.ssim(pred, target, data_range=1.0, kernel_size=11, kernel_sigma=1.5, downsample=False)
+
+def ssim_loss(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """1 - SSIM (Wang et al.: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03), batch mean.
+
+    The same value as the SSIM metric (piq, 'valid' windows), but the Gaussian is applied as
+    two 1-D passes over the five moment maps at once: about 5x cheaper than five 2-D
+    convolutions, which matters when it runs every step.
+    """
+    c = pred.shape[1]
+    g = _gaussian(size, sigma, pred.device)
+    maps = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)
+    maps = F.conv2d(maps, g.view(1, 1, 1, size).expand(5 * c, 1, 1, size), groups=5 * c)
+    maps = F.conv2d(maps, g.view(1, 1, size, 1).expand(5 * c, 1, size, 1), groups=5 * c)
+    mu_x, mu_y, xx, yy, xy = maps.split(c, dim=1)
+    c1, c2 = 0.01**2, 0.03**2
+    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+    cs = (2 * (xy - mu_xy) + c2) / ((xx - mu_xx) + (yy - mu_yy) + c2)
+    ssim = (2 * mu_xy + c1) / (mu_xx + mu_yy + c1) * cs
+    return 1.0 - ssim.mean()
 
 
 def ms_ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

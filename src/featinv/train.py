@@ -100,6 +100,8 @@ def validate_config(cfg: RunConfig) -> None:
         (t.grad_clip >= 0, f"--grad-clip must be >= 0, got {t.grad_clip}."),
         (0 <= t.ema < 1, f"--ema must be in [0, 1), got {t.ema}."),
         (t.patience >= 0, f"--patience must be >= 0, got {t.patience}."),
+        (not (t.cache_features and d.augment),
+         "--cache-features needs --no-augment: random crops and flips give new features every epoch."),
         (t.num_save >= 0, f"--num-save must be >= 0, got {t.num_save}."),
         (t.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {t.checkpoint_every}."),
         (d.image_size >= 32, f"image_size must be at least 32, got {d.image_size}."),
@@ -290,6 +292,12 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         elapsed_before = ckpt["elapsed_s"]
         train_s = ckpt["train_s"]
         log.info("resuming %s at epoch %d, step %d", out, start_epoch + 1, start_step)
+    fcache = None
+    if cfg.train.cache_features:
+        from .cache import FeatureCache
+
+        FeatureCache.check_space(out / "feature_cache", len(train_ds), shapes)
+        fcache = FeatureCache(out / "feature_cache", len(train_ds), shapes, ckpt.get("feature_filled") if resume else None)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     metrics_path = out / "metrics.csv"
@@ -299,12 +307,15 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
 
     def checkpoint(epoch: int, step: int) -> dict:
         """``epoch`` epochs done, plus ``step`` batches of the next one."""
+        if fcache is not None:
+            fcache.flush()  # rows marked filled below are on disk first
         return {
             "epoch": epoch,
             "step": step,
             "decoder": decoder.state_dict(),
             "decoder_spec": decoder.spec,
             "ema": ema.state_dict() if ema is not None else {},
+            "feature_filled": fcache.filled.clone() if fcache is not None else torch.zeros(0, dtype=torch.bool),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
@@ -369,10 +380,16 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                     skips.add(train_recs[index].relpath, reason)
                 if "image" in batch:
                     x = to_float(batch["image"], device, cl)
+                    idx = batch["index"]
                     try:
                         with autocast(precision, device):
-                            with torch.no_grad():
-                                feats = extractor(x)
+                            if fcache is not None and fcache.has(idx):
+                                feats = fcache.get(idx, device, cl)
+                            else:
+                                with torch.no_grad():
+                                    feats = extractor(x)
+                                if fcache is not None:
+                                    fcache.put(idx, feats)
                             pred = step_decoder(feats)
                             parts = loss_fn(pred, x)  # pixel terms in float32
                         opt.zero_grad(set_to_none=True)
