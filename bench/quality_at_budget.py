@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--fixed-targets", action="store_true", help="also run (a'): the original loop with [0,1] targets")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="bench-out/quality_at_budget")
     p.add_argument("--cache", default=None,
                    help="(c) reads this `featinv prepare --size 256` cache of --data instead of the JPEGs")

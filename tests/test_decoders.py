@@ -55,3 +55,53 @@ def test_spec_rebuilds_the_same_decoder():
     f = _features(["layer2"])
     with torch.no_grad():
         assert torch.equal(dec.eval()(f), again.eval()(f))
+
+
+@pytest.mark.parametrize("upsample", ["convtranspose", "pixelshuffle", "resize"])
+@pytest.mark.parametrize("fusion", ["add", "concat"])
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_pyramid_knobs_give_224_rgb_and_rebuild_from_spec(upsample, fusion, norm):
+    names = ["layer1", "layer3"]
+    dec = build_decoder("pyramid", {k: SHAPES[k] for k in names}, 224, width=16, blocks=1,
+                        upsample=upsample, fusion=fusion, norm=norm).eval()
+    f = _features(names)
+    with torch.no_grad():
+        y = dec(f)
+    assert y.shape == (2, 3, 224, 224) and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    again = decoder_from_spec(dec.spec)
+    again.load_state_dict(dec.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(f), y)
+    kinds = {"convtranspose": torch.nn.ConvTranspose2d, "pixelshuffle": torch.nn.PixelShuffle, "resize": torch.nn.Upsample}
+    assert sum(isinstance(m, kinds[upsample]) for m in dec.up.modules()) == 2  # 56 → 112 → 224
+    assert len(dec.blocks) == 1
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in dec.refine.modules()) == (norm == "batch")
+
+
+def test_residual_block_starts_as_a_function_of_its_input_plus_a_correction():
+    from featinv.decoders import ResBlock
+
+    block = ResBlock(8).eval()
+    torch.nn.init.zeros_(block.body[-1].weight)  # last norm scaled to zero: the block is the identity
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(block(x), x)
+
+
+def test_bad_decoder_options_are_refused():
+    from featinv.utils import FeatinvError
+
+    with pytest.raises(FeatinvError, match="upsample must be one of"):
+        build_decoder("pyramid", SHAPES, 224, upsample="nearest")
+    with pytest.raises(FeatinvError, match="blocks must be >= 0"):
+        build_decoder("pyramid", SHAPES, 224, blocks=-1)
+
+
+def test_default_decoder_config_is_what_train_builds():
+    from featinv.config import DecoderConfig
+
+    dc = DecoderConfig()
+    dec = build_decoder(dc.name, SHAPES, 224, **dc.options())
+    assert dec.spec["options"] == {"width": dc.width, "blocks": dc.blocks, "upsample": dc.upsample,
+                                   "fusion": dc.fusion, "norm": dc.norm}
+    assert build_decoder("seed", SHAPES, 224, **DecoderConfig(name="seed").options()).spec["options"] == {}

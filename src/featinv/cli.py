@@ -187,6 +187,8 @@ def _build_config(args: argparse.Namespace):
         _set_loss_weights(cfg, args.loss)
     if args.perceptual_backbone:
         name, _, weights = args.perceptual_backbone.partition(":")
+        if weights not in ("", "imagenet", "random"):
+            weights = str(Path(weights).expanduser().resolve())
         cfg.loss.perceptual_backbone, cfg.loss.perceptual_weights = name, weights or "imagenet"
     # Paths are stored absolute so the run directory alone can find its data again.
     for key in ("data", "val_data", "split_file"):
