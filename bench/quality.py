@@ -29,11 +29,13 @@ import torch
 import yaml
 
 from featinv.backbones import get_spec
-from featinv.config import RunConfig, load_config
+from featinv.config import RunConfig
 from featinv.data import ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from featinv.evaluate import evaluate_loader, load_run
 from featinv.metrics import MeanAccumulator, bicubic_thumbnail, score
-from featinv.train import diff_configs, train
+from featinv.report import run_completed
+from featinv.sweep import check_same_settings
+from featinv.train import train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
@@ -77,13 +79,13 @@ def run_config(name: str, layers: list[str], args: argparse.Namespace) -> RunCon
 
 
 def train_or_reuse(cfg: RunConfig, out: Path) -> dict:
-    summary = out / "summary.json"
-    if summary.is_file() and (out / "config.yaml").is_file():
-        s = json.loads(summary.read_text())
-        if s.get("status") == "completed" and not diff_configs(load_config(out / "config.yaml").to_dict(), cfg.to_dict()):
-            logging.info("reusing %s", out)
-            return s
-        raise SystemExit(f"{out} holds a different or unfinished run; remove it or choose another --out.")
+    """A finished run with exactly these settings is reused; anything else in ``out`` is refused."""
+    if run_completed(out):
+        check_same_settings(out, cfg, ignored=frozenset())
+        logging.info("reusing %s", out)
+        return json.loads((out / "summary.json").read_text())
+    if (out / "config.yaml").is_file():
+        raise SystemExit(f"{out} holds an unfinished run; remove it or choose another --out.")
     return train(cfg, out)
 
 

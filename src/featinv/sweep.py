@@ -90,12 +90,14 @@ def check_layers(entries: Sequence[Entry]) -> None:
                 resolve_layers(spec, e.layers, model)
 
 
-def _check_same_settings(run_dir: Path, cfg: RunConfig) -> None:
-    """A finished run is reused only if it was trained as this sweep would train it."""
+def check_same_settings(
+    run_dir: Path, cfg: RunConfig, ignored: frozenset = frozenset({("train", "device"), ("data", "num_workers")})
+) -> None:
+    """A finished run is reused only if it was trained as ``cfg`` would train it (``ignored``
+    keys aside: by default those that change where it ran, not what it learned)."""
     from .config import load_config
     from .train import diff_configs
 
-    ignored = {("train", "device"), ("data", "num_workers")}
     changed = [k for k in diff_configs(load_config(run_dir / "config.yaml").to_dict(), cfg.to_dict()) if k not in ignored]
     if changed:
         raise FeatinvError(
@@ -135,7 +137,7 @@ def run_sweep(
         run_dir = out / "runs" / e.name
         log.info("── sweep %d/%d: %s", i, len(entries), e.name)
         if report.run_completed(run_dir):
-            _check_same_settings(run_dir, entry_config(base, e))
+            check_same_settings(run_dir, entry_config(base, e))
             log.info("already finished; skipping")
         else:
             resume = (run_dir / "checkpoints" / "last.pt").is_file()

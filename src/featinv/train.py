@@ -113,14 +113,21 @@ def validate_config(cfg: RunConfig) -> None:
             raise FeatinvError(message)
 
 
-def lr_factor(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to zero (or constant)."""
+def lr_factor(total_steps: int, warmup_steps: int, schedule: str) -> Callable[..., float]:
+    """Linear warm-up, then cosine decay to zero (or constant).
 
-    def f(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
+    ``f(step)`` decays over the steps after the warm-up; ``f(step, progress)`` (a time budget)
+    decays over ``progress``, the elapsed fraction of the budget, capped by the warm-up ramp.
+    """
+
+    def f(step: int, progress: Optional[float] = None) -> float:
+        warm = (step + 1) / warmup_steps if warmup_steps and step < warmup_steps else 1.0
         if schedule == "constant":
-            return 1.0
+            return warm
+        if progress is not None:
+            return min(warm, cosine(progress))
+        if warm < 1.0:
+            return warm
         return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
     return f
@@ -235,7 +242,6 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(decoder, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
-        ema.spec = decoder.spec
     log.info(
         "%d train / %d val images; %s (%s weights) layers %s → %s decoder (%.2fM parameters) on %s",
         len(train_recs), len(val_recs), cfg.backbone.name, extractor.weights_info["weights"],
@@ -250,9 +256,8 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
     total = cfg.train.epochs * steps_per_epoch
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_factor(total, round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)
-    )
+    schedule = lr_factor(total, round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     ckpt_dir = out / "checkpoints"
     start_epoch, start_step, best_psnr, best_epoch = 0, 0, -math.inf, 0
@@ -360,7 +365,6 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     every = cfg.train.checkpoint_every
     check_every = 1 if device.type == "cpu" else 20  # finite-loss checks sync the host; free on the CPU
     budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
-    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
     out_of_time = False
     if budget_s is not None and train_s >= budget_s:  # a resumed run whose budget is spent
         start_epoch = cfg.train.epochs
@@ -408,10 +412,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                         scaler.unscale_(opt)
                         torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.train.grad_clip)
                     if budget_s is not None:  # the schedule follows the time budget instead of the step count
-                        g = epoch * steps_per_epoch + step
-                        f = (g + 1) / warmup_steps if g < warmup_steps else 1.0
-                        if cfg.train.schedule == "cosine":
-                            f = min(f, cosine(spent() / budget_s))
+                        f = schedule(epoch * steps_per_epoch + step, spent() / budget_s)
                         for group in opt.param_groups:
                             group["lr"] = cfg.train.lr * f
                     scaler.step(opt)
