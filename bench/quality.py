@@ -191,4 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from featinv.utils import FeatinvError
+
+    try:
+        sys.exit(main())
+    except FeatinvError as e:  # a user's mistake: one line, not a traceback
+        sys.exit(f"error: {e}")

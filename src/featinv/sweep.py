@@ -102,7 +102,7 @@ def check_same_settings(
     if changed:
         raise FeatinvError(
             f"{run_dir} was trained with other settings ({', '.join('.'.join(k) for k in changed)}); "
-            "use another --out for a sweep with different settings."
+            "use another --out to train with different settings."
         )
 
 
