@@ -112,6 +112,9 @@ class PyramidDecoder(nn.Module):
         self,
         shapes: Shapes,
         image_size: int = 224,
+        # These keyword defaults are the first pyramid's, so that a decoder.json written before
+        # the other knobs existed (its options hold only the width) rebuilds the same network.
+        # New runs pass every option from DecoderConfig, whose defaults are the measured ones.
         width: int = 128,
         blocks: int = 0,
         upsample: str = "resize",
