@@ -14,7 +14,7 @@ def _features(names, batch=2):
     return {k: torch.randn(batch, *SHAPES[k]) * 3 for k in names}
 
 
-@pytest.mark.parametrize("name", ["pyramid", "seed"])
+@pytest.mark.parametrize("name", ["ladder", "pyramid", "seed"])
 @pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "+".join(s))
 def test_any_layer_subset_gives_224_rgb_in_unit_range(name, subset):
     dec = build_decoder(name, {k: SHAPES[k] for k in subset}, 224, width=16).eval()
@@ -102,6 +102,170 @@ def test_default_decoder_config_is_what_train_builds():
 
     dc = DecoderConfig()
     dec = build_decoder(dc.name, SHAPES, 224, **dc.options())
-    assert dec.spec["options"] == {"width": dc.width, "blocks": dc.blocks, "upsample": dc.upsample,
-                                   "fusion": dc.fusion, "norm": dc.norm}
+    assert dc.name == "ladder"
+    assert dec.spec["options"] == {"width": dc.width, "max_width": dc.max_width, "blocks": dc.blocks,
+                                   "upsample": dc.upsample, "norm": dc.norm}
+    pyr = DecoderConfig(name="pyramid")
+    assert build_decoder("pyramid", SHAPES, 224, **pyr.options()).spec["options"] == {
+        "width": pyr.width, "blocks": pyr.blocks, "upsample": pyr.upsample, "fusion": pyr.fusion, "norm": pyr.norm}
     assert build_decoder("seed", SHAPES, 224, **DecoderConfig(name="seed").options()).spec["options"] == {}
+
+
+# ── the ladder decoder ────────────────────────────────────────────────────────────────────────
+
+LITE0 = {"stage1": (24, 56, 56), "stage2": (40, 28, 28), "stage3": (112, 14, 14), "stage4": (320, 7, 7)}
+
+
+def test_ladder_spends_channels_by_depth():
+    """The path at stride s has width·s/4 channels, capped: a coarse map gets many channels."""
+    dec = build_decoder("ladder", LITE0, 224, width=32, max_width=128)
+    widths = {k: dec.lateral[dec.index[k]][0].out_channels for k in LITE0}
+    assert widths == {"stage1": 32, "stage2": 64, "stage3": 128, "stage4": 128}
+    alone = build_decoder("ladder", {"stage4": LITE0["stage4"]}, 224, width=32, max_width=128)
+    assert alone.lateral[0][0].out_channels == 128
+    assert len(alone.up) == 5  # 7 → 224: five ×2 stages, halving channels down to 16
+    assert [s.conv.out_channels for s in alone.up] == [64, 32, 16, 16, 16]
+
+
+@pytest.mark.parametrize("finest", ["stage1", "stage2"])
+def test_deeper_taps_join_through_a_zero_path(finest):
+    """At initialisation the all-taps decoder computes exactly what the finest tap's own decoder
+    computes: same seed, same weights for the shared path, deeper taps contribute zero."""
+    taps = [k for k in LITE0 if LITE0[k][1] <= LITE0[finest][1]]
+    torch.manual_seed(3)
+    alone = build_decoder("ladder", {finest: LITE0[finest]}, 224, width=16, max_width=64)
+    torch.manual_seed(3)
+    deep = build_decoder("ladder", {k: LITE0[k] for k in taps}, 224, width=16, max_width=64)
+    shared = {k: v for k, v in deep.state_dict().items() if k in alone.state_dict()}
+    assert all(torch.equal(v, alone.state_dict()[k]) for k, v in shared.items())  # built from the same stream
+    torch.manual_seed(0)
+    feats = {k: torch.randn(2, *LITE0[k]) for k in taps}
+    for mode in ("eval", "train"):
+        getattr(alone, mode)(), getattr(deep, mode)()
+        with torch.no_grad():
+            assert torch.equal(deep(feats), alone({finest: feats[finest]}))
+    # ... and the deeper taps are wired in: the gate next to the finest tap learns at once, each
+    # deeper one a step later (its output reaches the image through the gates below it).
+    opt = torch.optim.SGD(deep.parameters(), lr=0.5)
+    deep.train()
+    for _ in range(len(taps) - 1):
+        opt.zero_grad()
+        (deep(feats) - 0.5).square().mean().backward()
+        assert float(deep.gate[0].weight.grad.abs().sum()) > 0
+        opt.step()
+    assert all(float(g.weight.abs().sum()) > 0 for g in deep.gate)
+    deep.eval()
+    with torch.no_grad():
+        other = {**feats, taps[0]: torch.randn(2, *LITE0[taps[0]])}  # change only the coarsest tap
+        assert not torch.equal(deep(feats), deep(other))
+
+
+def _checkerboard(y: torch.Tensor, periods=(2, 4, 8)) -> float:
+    """How much the output's spectrum peaks at the up-sampling periods, against its neighbours.
+
+    The grey level of the interior (padding effects cut off) minus its mean; the power at the
+    frequencies 1/p along x, y and the diagonal, divided by the mean power of the 24 frequencies
+    around it. No periodic pattern gives a small ratio (about 6 here); a checkerboard, hundreds.
+    """
+    g = y.mean(1)[:, 16:-16, 16:-16]
+    g = g - g.mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(g.double()).abs().pow(2).mean(0)
+    n = power.shape[-1]
+    worst = 0.0
+    for p in periods:
+        k = n // p
+        for a, b in ((k, 0), (0, k), (k, k)):
+            ring = [power[(a + i) % n, (b + j) % n] for i in range(-2, 3) for j in range(-2, 3) if (i, j) != (0, 0)]
+            worst = max(worst, float(power[a, b] / (torch.stack(ring).mean() + 1e-30)))
+    return worst
+
+
+def _flat_features(shapes, seed=1):
+    """What a flat-colour image gives away from the borders: each channel a constant."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(2, c, 1, 1, generator=g).expand(2, c, h, w).contiguous() for k, (c, h, w) in shapes.items()}
+
+
+def _checkerboard_scores(name, shapes, **options):
+    torch.manual_seed(0)
+    dec = build_decoder(name, shapes, 224, **options).train()
+    f = _flat_features(shapes)
+    with torch.no_grad():
+        at_init = _checkerboard(dec(f))
+    target = torch.tensor([0.8, 0.4, 0.2]).view(1, 3, 1, 1).expand(2, 3, 224, 224)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-3)
+    for _ in range(8):  # a few steps towards a flat-colour image
+        loss = (dec(f) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return at_init, _checkerboard(dec(f))
+
+
+CHECKERBOARD_LIMIT = 15.0
+
+
+@pytest.mark.parametrize("taps", [["stage1"], list(LITE0)], ids=["stage1", "all"])
+def test_default_decoder_leaves_no_checkerboard(taps):
+    from featinv.config import DecoderConfig
+
+    dc = DecoderConfig()
+    at_init, trained = _checkerboard_scores(dc.name, {k: LITE0[k] for k in taps}, **dc.options())
+    assert at_init < CHECKERBOARD_LIMIT and trained < CHECKERBOARD_LIMIT, (at_init, trained)
+
+
+def test_the_checkerboard_measure_finds_convtranspose_artefacts():
+    """The previous default (pyramid, ConvTranspose) fails the same test: the measure can fail."""
+    at_init, trained = _checkerboard_scores("pyramid", LITE0, width=64, blocks=2, upsample="convtranspose")
+    assert at_init > CHECKERBOARD_LIMIT and trained > CHECKERBOARD_LIMIT, (at_init, trained)
+
+
+def test_icnr_pixelshuffle_starts_without_a_checkerboard():
+    at_init, _ = _checkerboard_scores("ladder", {"stage1": LITE0["stage1"]}, upsample="pixelshuffle")
+    assert at_init < CHECKERBOARD_LIMIT
+
+
+@pytest.mark.parametrize("name", ["ladder", "pyramid"])
+def test_raw_graph_node_names_with_dots_work(name):
+    shapes = {"layer3.5.relu_2": (1024, 14, 14), "layer1.0.conv1": (64, 56, 56)}
+    dec = build_decoder(name, shapes, 224, width=16).eval()
+    with torch.no_grad():
+        y = dec({k: torch.randn(1, *v) for k, v in shapes.items()})
+    assert y.shape == (1, 3, 224, 224)
+
+
+def test_ladder_refuses_convtranspose_in_one_sentence():
+    from featinv.utils import FeatinvError
+
+    with pytest.raises(FeatinvError, match="upsample must be one of resize, pixelshuffle"):
+        build_decoder("ladder", LITE0, 224, upsample="convtranspose")
+
+
+def test_a_decoder_json_of_the_previous_version_still_rebuilds():
+    """decoder.json as featinv 0.1.0 wrote it before the ladder existed (pyramid, ConvTranspose)."""
+    spec = {"name": "pyramid", "shapes": {k: list(v) for k, v in LITE0.items()}, "image_size": 224,
+            "options": {"width": 64, "blocks": 2, "upsample": "convtranspose", "fusion": "add", "norm": "batch"}}
+    dec = decoder_from_spec(spec)
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in dec.modules()) == 2  # 56 → 112 → 224
+    keys = set(dec.state_dict())
+    assert {"lateral.stage1.0.weight", "refine.stage4.0.weight", "blocks.1.body.0.weight", "up.0.0.weight"} <= keys
+    oldest = decoder_from_spec({**spec, "options": {"width": 128}})  # the very first pyramid's options
+    assert any(isinstance(m, torch.nn.Upsample) for m in oldest.modules())
+
+
+def test_an_unknown_decoder_names_the_version_that_wrote_it(tmp_path, tiny_run):
+    import json
+    import shutil
+
+    from featinv.evaluate import load_run
+    from featinv.utils import FeatinvError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    meta = json.loads((run / "decoder.json").read_text())
+    meta["decoder"]["name"], meta["featinv_version"] = "hourglass", "9.9.9"
+    (run / "decoder.json").write_text(json.dumps(meta))
+    with pytest.raises(FeatinvError, match=r"written by featinv 9\.9\.9") as e:
+        load_run(run)
+    assert "\n" not in str(e.value)

@@ -13,7 +13,7 @@ from featinv.evaluate import agreement, load_run, semantic_agreement
 from featinv.data import find_images
 
 SWEEP_FILES = ["sweep.json", "summary.csv", "summary.md", "summary.json", "report.html",
-               "figures/metrics_vs_depth.png", "figures/grid.png", "figures/error_maps.png"]
+               "figures/metrics_vs_depth.png", "figures/learning_curves.png", "figures/grid.png", "figures/error_maps.png"]
 
 
 def test_sweep_writes_every_file_with_the_runs_numbers(tiny_sweep):
@@ -31,6 +31,11 @@ def test_sweep_writes_every_file_with_the_runs_numbers(tiny_sweep):
         assert r["ref_bicubic_psnr"] == s["reference"][f"bicubic_x{r['stride']}"]["psnr"]
         assert r["parameters"] == s["decoder_parameters"] and r["train_time_s"] == s["train_time_s"]
         assert r["psnr_std"] > 0 and r["top1_agreement"] is None  # random weights: no semantics
+        # each row says whether its decoder converged, how long it trained, and how it does on training photos
+        assert r["converged"] == s["converged"] and r["converged"] is not None  # the sweep runs the plateau rule
+        assert r["epochs"] == s["epochs_run"] == 1 and r["stop_reason"] == s["stop_reason"]
+        assert r["train_minutes"] == round(s["train_pass_s"] / 60, 2) and r["images_per_s"] > 0
+        assert r["train_psnr"] == s["train_eval"]["psnr"]
     table = list(csv.DictReader(open(out / "summary.csv")))
     assert [float(t["psnr"]) for t in table] == [r["psnr"] for r in rows]
     md = (out / "summary.md").read_text()
@@ -54,7 +59,7 @@ def test_report_command_rebuilds_the_page_from_runs(tiny_sweep, tmp_path):
     page = tmp_path / "r.html"
     assert main(["-q", "report", str(out / "runs" / "resnet50-random-layer1"), str(out), "--out", str(page)]) == 0
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == 3
+    assert text.count("data:image/png;base64,") == 4
     assert text.count("<tr><td>resnet50 (random)</td>") == 3  # one run, then the sweep's two
 
 

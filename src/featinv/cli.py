@@ -26,14 +26,20 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     else:
         p.add_argument("--weights", help="imagenet (default), random, or a path to a state-dict file")
         p.add_argument("--layers", nargs="+", help="taps to decode from (default: layer1 layer2 layer3 layer4)")
-    from .config import DecoderConfig, LossConfig, TrainConfig
+    from .config import DataConfig, DecoderConfig, LossConfig, TrainConfig
+    from .train import SCHEDULES
     from .decoders import FUSIONS, NORMS, UPSAMPLERS
 
     dec, tr = DecoderConfig(), TrainConfig()
-    p.add_argument("--decoder", help="decoder: pyramid (default) or seed (the original's baseline)")
-    p.add_argument("--width", type=int, help=f"pyramid decoder channels (default {dec.width})")
-    p.add_argument("--blocks", type=int, help=f"pyramid: residual blocks at the finest feature resolution (default {dec.blocks})")
-    p.add_argument("--upsample", choices=UPSAMPLERS, help=f"pyramid: x2 up-sampling layer (default {dec.upsample})")
+    p.add_argument("--decoder", help=f"decoder: ladder, pyramid (the previous default) or seed (the original's "
+                   f"baseline) (default {dec.name})")
+    p.add_argument("--width", type=int, help=f"channels of the decoder's path; ladder: at stride 4, doubling with "
+                   f"the stride (default {dec.width})")
+    p.add_argument("--max-width", type=int, help=f"ladder: cap on a path's channels (default {dec.max_width})")
+    p.add_argument("--blocks", type=int, help=f"residual blocks; ladder: at each tap's scale, pyramid: at the finest "
+                   f"(default {dec.blocks})")
+    p.add_argument("--upsample", choices=UPSAMPLERS, help=f"x2 up-sampling: resize (bilinear + conv), pixelshuffle "
+                   f"(ICNR), convtranspose (pyramid only; leaves a checkerboard) (default {dec.upsample})")
     p.add_argument("--fusion", choices=FUSIONS, help=f"pyramid: how coarser maps join finer ones (default {dec.fusion})")
     p.add_argument("--norm", choices=NORMS, help=f"pyramid: normalization after convolutions (default {dec.norm})")
     terms = ", ".join(f"{k}={v:g}" for k, v in vars(LossConfig()).items() if isinstance(v, float) and v > 0)
@@ -49,7 +55,15 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    "the learning-rate schedule follows the budget")
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule after warm-up")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule after warm-up: plateau (constant until val PSNR stops rising, then a "
+                   "short decay and stop: the convergence rule), cosine (over --epochs or --minutes) or constant "
+                   f"(default {tr.schedule})")
+    p.add_argument("--plateau-epochs", type=int,
+                   help=f"plateau: compare the best val PSNR of the last N epochs with the best before (default {tr.plateau_epochs})")
+    p.add_argument("--plateau-db", type=float,
+                   help=f"plateau: a gain below this many dB is a plateau (default {tr.plateau_db:g})")
+    p.add_argument("--decay-epochs", type=int, help=f"plateau: epochs of the final decay (default {tr.decay_epochs})")
     p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length in epochs (default {tr.warmup_epochs:g})")
     p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {tr.weight_decay:g})")
     p.add_argument("--grad-clip", type=float, help=f"clip the gradient norm to this; 0 turns it off (default {tr.grad_clip:g})")
@@ -63,6 +77,13 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--max-images", type=int, help="use at most N training images (quick runs)")
     p.add_argument("--no-augment", action="store_true", help="train on center crops (no random crop/flip)")
+    p.add_argument("--crop-scale", type=float,
+                   help="smallest area fraction of a random-resized training crop; 1 = plain random crops "
+                   f"(default {DataConfig().crop_scale:g})")
+    p.add_argument("--color-jitter", type=float,
+                   help=f"brightness/contrast/saturation jitter of training images (default {DataConfig().color_jitter:g})")
+    p.add_argument("--extra-data", nargs="+", metavar="DIR",
+                   help="more image folders or prepared caches, every image of them used for training")
     p.add_argument("--cache-features", action="store_true",
                    help="with --no-augment: store the frozen backbone's outputs (float16, in RUN/feature_cache) "
                    "during epoch 1 and train later epochs from them; the disk space is checked first")
@@ -151,6 +172,13 @@ def _build_config(args: argparse.Namespace):
         ("backbone", "layers"): layers,
         ("decoder", "name"): args.decoder,
         ("decoder", "width"): args.width,
+        ("decoder", "max_width"): args.max_width,
+        ("data", "crop_scale"): args.crop_scale,
+        ("data", "color_jitter"): args.color_jitter,
+        ("data", "extra_data"): [str(Path(e).expanduser().resolve()) for e in args.extra_data] if args.extra_data else None,
+        ("train", "plateau_epochs"): args.plateau_epochs,
+        ("train", "plateau_db"): args.plateau_db,
+        ("train", "decay_epochs"): args.decay_epochs,
         ("decoder", "blocks"): args.blocks,
         ("decoder", "upsample"): args.upsample,
         ("decoder", "fusion"): args.fusion,

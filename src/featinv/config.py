@@ -23,6 +23,9 @@ class DataConfig:
     image_size: int = 224  # crop size
     resize: int = 256  # short side before cropping
     augment: bool = True  # train: random crop + horizontal flip; val is always a center crop
+    crop_scale: float = 1.0  # augment: smallest crop area (fraction) of a random-resized crop; 1 = plain random crop
+    color_jitter: float = 0.0  # augment: brightness/contrast/saturation drawn from [1-j, 1+j] (input and target alike)
+    extra_data: list[str] = field(default_factory=list)  # more folders or caches, all of them training images
     max_images: Optional[int] = None  # cap on training images (after the split), for quick runs
     num_workers: int = -1  # DataLoader workers; -1 picks from the CPU count
     strict: bool = False  # any unreadable file is an error instead of a skip
@@ -37,18 +40,21 @@ class BackboneConfig:
 
 @dataclass
 class DecoderConfig:
-    name: str = "pyramid"
-    # Defaults chosen by quality at an equal time budget (README, "Reconstruction quality").
-    width: int = 64  # pyramid: channels of the top-down path
-    blocks: int = 2  # pyramid: residual blocks at the finest feature map's resolution
-    upsample: str = "convtranspose"  # pyramid: pixelshuffle | convtranspose | resize (bilinear + conv)
+    name: str = "ladder"  # ladder | pyramid | seed (the original's baseline)
+    width: int = 64  # ladder: channels of the path at stride 4 (doubling with the stride); pyramid: channels of the path
+    max_width: int = 128  # ladder: cap on a path's channels (the coarse taps')
+    blocks: int = 2  # ladder: residual blocks at each tap's scale; pyramid: at the finest map's scale
+    upsample: str = "resize"  # resize (bilinear + conv) | pixelshuffle (ICNR); pyramid also convtranspose
     fusion: str = "add"  # pyramid: add | concat (then a 1x1 conv)
-    norm: str = "batch"  # pyramid: batch | none
+    norm: str = "batch"  # batch | none
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for ``build_decoder`` (the seed decoder takes none)."""
         if self.name == "seed":
             return {}
+        if self.name == "ladder":
+            return {"width": self.width, "max_width": self.max_width, "blocks": self.blocks,
+                    "upsample": self.upsample, "norm": self.norm}
         return {"width": self.width, "blocks": self.blocks, "upsample": self.upsample, "fusion": self.fusion, "norm": self.norm}
 
 
@@ -68,13 +74,19 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 40  # upper bound on epochs; the plateau schedule usually stops earlier
     minutes: Optional[float] = None  # budget of training-step time; ends the run early, schedule follows it
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # "cosine" (with linear warm-up) or "constant"
+    # "plateau": linear warm-up, a constant rate, then a cosine decay over decay_epochs started when
+    # val PSNR stops rising (see featinv.train.plateaued), after which training stops, converged.
+    # "cosine": warm-up then cosine over the whole budget; "constant": warm-up then constant.
+    schedule: str = "plateau"
     warmup_epochs: float = 0.5
+    plateau_epochs: int = 4  # plateau: the window of epochs whose best val PSNR is compared ...
+    plateau_db: float = 0.1  # ... with the best before it: a gain below this many dB is a plateau
+    decay_epochs: int = 3  # plateau: epochs of the final decay
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_save: int = 8  # original/reconstruction pairs saved at the end

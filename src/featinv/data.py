@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -199,34 +201,73 @@ def probe_records(records: Sequence[ImageRecord], skips: SkipLog) -> list[ImageR
     return good
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation, drawn per (seed, epoch, image) so a resumed run replays it.
+
+    A random crop: with ``crop_scale`` 1 an ``image_size`` crop at the image's own scale; below 1
+    a random-resized crop whose area is a fraction in [``crop_scale``, 1] of the largest square
+    (aspect ratio in [3/4, 4/3]), resized to ``image_size``, so the scale varies around the
+    validation images' own (a short side of 256 gives ×0.875 to ×1.24 at ``crop_scale`` 0.5).
+    Then a horizontal flip, and colour jitter of strength ``color_jitter``. Input and target are
+    the same image, so every photometric change is a valid example for an inversion decoder.
+    """
+
+    crop_scale: float = 1.0
+    color_jitter: float = 0.0
+
+
 def preprocess(
     img: Image.Image,
     image_size: int = 224,
     resize: int = 256,
     train: bool = False,
     generator: Optional[torch.Generator] = None,
+    augment: Augment = Augment(),
 ) -> torch.Tensor:
     """Short side to ``resize`` (upscaling small images), then a ``image_size`` crop.
 
-    Evaluation takes the center crop; training a random crop and a random horizontal flip,
-    drawn from ``generator`` so a run can replay them. Returns uint8 3×S×S.
+    Evaluation takes the center crop; training a random crop and a random horizontal flip (see
+    :class:`Augment`), drawn from ``generator`` so a run can replay them. Returns uint8 3×S×S.
     """
-    return crop(TF.resize(TF.pil_to_tensor(img), [resize], antialias=True), image_size, train, generator)
+    return crop(TF.resize(TF.pil_to_tensor(img), [resize], antialias=True), image_size, train, generator, augment)
 
 
-def crop(x: torch.Tensor, image_size: int, train: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The ``image_size`` crop of a uint8 3×H×W image: centered, or random with a random flip."""
+def _uniform(lo: float, hi: float, generator: Optional[torch.Generator]) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+
+def crop(
+    x: torch.Tensor,
+    image_size: int,
+    train: bool,
+    generator: Optional[torch.Generator] = None,
+    augment: Augment = Augment(),
+) -> torch.Tensor:
+    """The ``image_size`` crop of a uint8 3×H×W image: centered, or random (see :class:`Augment`)."""
     h, w = x.shape[-2:]
     if min(h, w) < image_size:
         raise FeatinvError(f"image is {h}×{w}, smaller than the crop size {image_size} (prepare the cache at a larger --size).")
-    if train:
-        top = int(torch.randint(0, h - image_size + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - image_size + 1, (1,), generator=generator))
-        x = x[:, top : top + image_size, left : left + image_size]
-        if torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-    else:
-        x = TF.center_crop(x, [image_size, image_size])
+    if not train:
+        return TF.center_crop(x, [image_size, image_size]).contiguous()
+    ch = cw = image_size
+    if augment.crop_scale < 1.0:
+        area = _uniform(augment.crop_scale, 1.0, generator) * min(h, w) ** 2
+        ratio = math.exp(_uniform(math.log(3 / 4), math.log(4 / 3), generator))
+        ch = min(h, max(8, round(math.sqrt(area / ratio))))
+        cw = min(w, max(8, round(math.sqrt(area * ratio))))
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+    x = x[:, top : top + ch, left : left + cw]
+    if (ch, cw) != (image_size, image_size):
+        x = TF.resize(x, [image_size, image_size], antialias=True)
+    if torch.rand((), generator=generator) < 0.5:
+        x = x.flip(-1)
+    j = augment.color_jitter
+    if j > 0:
+        x = TF.adjust_brightness(x, _uniform(1 - j, 1 + j, generator))
+        x = TF.adjust_contrast(x, _uniform(1 - j, 1 + j, generator))
+        x = TF.adjust_saturation(x, _uniform(1 - j, 1 + j, generator))
     return x.contiguous()
 
 
@@ -246,11 +287,13 @@ class ImageDataset(Dataset):
         resize: int = 256,
         train: bool = False,
         seed: int = 0,
+        augment: Augment = Augment(),
     ) -> None:
         if resize < image_size:
             raise FeatinvError(f"resize ({resize}) must be at least the crop size ({image_size}).")
         self.records = list(records)
         self.image_size, self.resize, self.train, self.seed = image_size, resize, train, seed
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.records)
@@ -265,12 +308,12 @@ class ImageDataset(Dataset):
             from .cache import cache_array
 
             pixels = torch.from_numpy(np.array(cache_array(str(rec.path))[rec.cache_index]))
-            return {"index": index, "image": crop(pixels.permute(2, 0, 1), self.image_size, self.train, g), "label": rec.label}
+            return {"index": index, "image": crop(pixels.permute(2, 0, 1), self.image_size, self.train, g, self.augment), "label": rec.label}
         try:
             img = load_image(rec.path)
         except Exception as e:  # noqa: BLE001 - any decode failure is a skip, reported by name
             return {"index": index, "error": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__}
-        x = preprocess(img, self.image_size, self.resize, self.train, g)
+        x = preprocess(img, self.image_size, self.resize, self.train, g, self.augment)
         return {"index": index, "image": x, "label": rec.label}
 
 
@@ -387,6 +430,14 @@ def check_cache_size(images: ImageSet, image_size: int) -> None:
         )
 
 
+def _extra_records(folder: str, image_size: int, skips: SkipLog) -> list[ImageRecord]:
+    """Every usable image of an ``extra_data`` folder (or cache), named ``<folder name>/<relpath>``."""
+    images = find_images(folder)
+    check_cache_size(images, image_size)
+    prefix = Path(folder).name
+    return [dataclasses.replace(r, relpath=f"{prefix}/{r.relpath}") for r in usable_records(images, skips)]
+
+
 def split_for_config(cfg: DataConfig, skips: SkipLog) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """The train and val records of ``cfg``: an explicit ``val_data`` folder, a ``split_file``
     (files it does not list are left out), or a hash split by ``val_fraction``.
@@ -411,6 +462,8 @@ def split_for_config(cfg: DataConfig, skips: SkipLog) -> tuple[list[ImageRecord]
         val = [r for r in records if side.get(r.relpath) == "val"]
     else:
         train, val = split_records(records, cfg.val_fraction)
+    for extra in cfg.extra_data:
+        train += _extra_records(extra, cfg.image_size, skips)
     if max_images is not None:
         if max_images < 1:
             raise FeatinvError(f"--max-images must be at least 1, got {max_images}.")

@@ -7,7 +7,7 @@ output size, so any subset of taps works. ``decoder.spec()`` is the plain dict t
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -134,12 +134,15 @@ class PyramidDecoder(nn.Module):
         self.fusion = fusion
         # Coarse to fine; ties keep the caller's order.
         self.order = sorted(shapes, key=lambda k: shapes[k][1])
+        # ModuleDict keys cannot hold dots, which raw graph node names (layer3.5.relu_2) do.
+        self.key = {k: k.replace(".", "_") for k in self.order}
         self.lateral = nn.ModuleDict(
-            {k: nn.Sequential(nn.Conv2d(shapes[k][0], width, 1, bias=False), nn.BatchNorm2d(width)) for k in self.order}
+            {self.key[k]: nn.Sequential(nn.Conv2d(shapes[k][0], width, 1, bias=False), nn.BatchNorm2d(width))
+             for k in self.order}
         )
         if fusion == "concat":
-            self.merge = nn.ModuleDict({k: nn.Conv2d(2 * width, width, 1) for k in self.order[1:]})
-        self.refine = nn.ModuleDict({k: _conv_norm_relu(width, width, norm) for k in self.order})
+            self.merge = nn.ModuleDict({self.key[k]: nn.Conv2d(2 * width, width, 1) for k in self.order[1:]})
+        self.refine = nn.ModuleDict({self.key[k]: _conv_norm_relu(width, width, norm) for k in self.order})
         self.blocks = nn.Sequential(*(ResBlock(width, norm) for _ in range(blocks)))
         finest = shapes[self.order[-1]][1]
         up: list[nn.Module] = []
@@ -154,20 +157,171 @@ class PyramidDecoder(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         x = None
         for k in self.order:
-            lat = self.lateral[k](features[k])
+            key = self.key[k]
+            lat = self.lateral[key](features[k])
             if x is not None:
                 x = F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False)
-                x = x + lat if self.fusion == "add" else self.merge[k](torch.cat([x, lat], dim=1))
+                x = x + lat if self.fusion == "add" else self.merge[key](torch.cat([x, lat], dim=1))
             else:
                 x = lat
-            x = self.refine[k](x)
+            x = self.refine[key](x)
         x = self.out(self.up(self.blocks(x)))
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return x
 
 
-DECODERS: dict[str, Callable[..., nn.Module]] = {"seed": SeedDecoder, "pyramid": PyramidDecoder}
+def _icnr_(conv: nn.Conv2d, scale: int = 2) -> None:
+    """ICNR initialisation (Aitken et al. 2017): every sub-pixel of a PixelShuffle output starts
+    from the same kernel, so the up-sampled map has no checkerboard at initialisation."""
+    out_ch = conv.out_channels // scale**2
+    w = torch.empty(out_ch, *conv.weight.shape[1:])
+    nn.init.kaiming_normal_(w, nonlinearity="relu")
+    with torch.no_grad():
+        conv.weight.copy_(w.repeat_interleave(scale**2, dim=0))
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
+class UpStage(nn.Module):
+    """One ×2 up-sampling from ``a`` to ``b`` channels without a checkerboard.
+
+    ``resize``: bilinear ×2 then a 3×3 conv (Odena et al. 2016). ``pixelshuffle``: a 3×3 conv at
+    the low resolution to 4·b channels, then PixelShuffle, ICNR-initialised. Then norm and ReLU.
+    """
+
+    def __init__(self, a: int, b: int, kind: str = "resize", norm: str = "batch") -> None:
+        super().__init__()
+        if kind not in LADDER_UPSAMPLERS:
+            raise FeatinvError(f"decoder upsample must be one of {', '.join(LADDER_UPSAMPLERS)}, got {kind!r}.")
+        self.kind = kind
+        if kind == "pixelshuffle":
+            self.conv = nn.Conv2d(a, 4 * b, 3, padding=1, bias=norm == "none")
+            _icnr_(self.conv)
+        else:
+            self.conv = nn.Conv2d(a, b, 3, padding=1, bias=norm == "none")
+        self.post = nn.Sequential(_norm(norm, b), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        size = size or (2 * x.shape[-2], 2 * x.shape[-1])
+        if self.kind == "pixelshuffle":
+            x = F.pixel_shuffle(self.conv(x), 2)
+            if tuple(x.shape[-2:]) != tuple(size):
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        else:
+            x = self.conv(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+        return self.post(x)
+
+
+LADDER_UPSAMPLERS = ("resize", "pixelshuffle")
+
+
+class LadderDecoder(nn.Module):
+    """Capacity where the information is: a path whose width follows the stride.
+
+    The path at stride ``s`` carries ``width·s/4`` channels (at most ``max_width``): a coarse map
+    gets many channels and ``blocks`` residual blocks before it is up-sampled, and channels halve
+    as resolution doubles (Dosovitskiy & Brox 2016), so every scale costs about the same. Each
+    tap enters at its own resolution through a 1×1 projection with batch norm. Starting at the
+    coarsest tap, the path is refined by residual blocks, up-sampled (resize-conv or ICNR
+    PixelShuffle: no checkerboard) and joins the next finer tap through a **zero-initialised**
+    1×1 conv: at initialisation the decoder computes exactly what the finest tap's own decoder
+    computes, so a deeper tap can only add what training finds useful. From the finest tap,
+    ×2 stages reach the image size; a 3×3 conv and a Sigmoid give RGB in [0,1].
+
+    The finest tap's modules are built first, from the same random stream as the finest tap's
+    own decoder, so the two also start from the same weights.
+    """
+
+    def __init__(
+        self,
+        shapes: Shapes,
+        image_size: int = 224,
+        width: int = 64,
+        max_width: int = 256,
+        blocks: int = 2,
+        upsample: str = "resize",
+        norm: str = "batch",
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        if width < 8 or max_width < width:
+            raise FeatinvError(f"decoder width must be at least 8 and at most max_width, got {width} and {max_width}.")
+        if blocks < 0:
+            raise FeatinvError(f"decoder blocks must be >= 0, got {blocks}.")
+        if norm not in NORMS:
+            raise FeatinvError(f"decoder norm must be one of {', '.join(NORMS)}, got {norm!r}.")
+        if upsample not in LADDER_UPSAMPLERS:
+            raise FeatinvError(f"decoder upsample must be one of {', '.join(LADDER_UPSAMPLERS)}, got {upsample!r}.")
+        self.image_size = image_size
+        # Fine to coarse for building (the finest path first, see above); ties keep the caller's order.
+        fine_first = sorted(shapes, key=lambda k: -shapes[k][1])
+        self.order = fine_first[::-1]  # coarse to fine, the forward order
+        finest = shapes[fine_first[0]][1]
+        self.stride = {k: image_size / shapes[k][1] for k in shapes}
+
+        def chans(stride: float) -> int:
+            return int(min(max_width, max(16, round(width * stride / 4))))
+
+        # Module names are indices: raw graph node names (``layer3.5.relu_2``) hold dots.
+        self.lateral = nn.ModuleList()
+        self.body = nn.ModuleList()
+        self.join = nn.ModuleList()  # join[i]: up-sampling from tap i+1 (coarser) to tap i's scale
+        self.gate = nn.ModuleList()  # gate[i]: the zero-initialised 1×1 conv through which it joins
+
+        def add_tap(k: str) -> None:
+            c = chans(self.stride[k])
+            self.lateral.append(nn.Sequential(nn.Conv2d(shapes[k][0], c, 1, bias=False), nn.BatchNorm2d(c)))
+            self.body.append(nn.Sequential(*(ResBlock(c, norm) for _ in range(blocks))))
+
+        # The finest tap's own decoder first: lateral, blocks, ×2 stages to the image, output.
+        add_tap(fine_first[0])
+        up: list[nn.Module] = []
+        c = chans(self.stride[fine_first[0]])
+        for _ in range(_stages(image_size, finest)):
+            nxt = max(c // 2, 16)
+            up.append(UpStage(c, nxt, upsample, norm))
+            c = nxt
+        self.up = nn.ModuleList(up)
+        self.out = nn.Sequential(nn.Conv2d(c, 3, 3, padding=1), nn.Sigmoid())
+        # Deeper taps after it: their parameters do not shift the finest path's random stream.
+        for i, k in enumerate(fine_first[1:], start=1):
+            add_tap(k)
+            finer = fine_first[i - 1]
+            c, c_finer = chans(self.stride[k]), chans(self.stride[finer])
+            steps = max(1, _stages(self.stride[k], self.stride[finer]))
+            stages = []
+            for s in range(steps):
+                nxt = c_finer if s == steps - 1 else max(c // 2, c_finer)
+                stages.append(UpStage(c, nxt, upsample, norm))
+                c = nxt
+            self.join.append(nn.ModuleList(stages))
+            gate = nn.Conv2d(c_finer, c_finer, 1)
+            nn.init.zeros_(gate.weight)
+            nn.init.zeros_(gate.bias)
+            self.gate.append(gate)
+        self.index = {k: i for i, k in enumerate(fine_first)}
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        x: Optional[torch.Tensor] = None
+        for k in self.order:
+            i = self.index[k]
+            lat = self.lateral[i](features[k])
+            if x is not None:  # x comes from tap i+1, the next coarser one
+                stages = self.join[i]
+                for j, stage in enumerate(stages):
+                    x = stage(x, lat.shape[-2:] if j == len(stages) - 1 else None)
+                lat = lat + self.gate[i](x)
+            x = self.body[i](lat)
+        for stage in self.up:
+            x = stage(x)
+        x = self.out(x)
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x
+
+
+DECODERS: dict[str, Callable[..., nn.Module]] = {"seed": SeedDecoder, "pyramid": PyramidDecoder, "ladder": LadderDecoder}
 
 
 def build_decoder(name: str, shapes: Shapes, image_size: int = 224, **options: Any) -> nn.Module:

@@ -30,7 +30,9 @@ def demo_config(weights: str, epochs: int, device: str) -> RunConfig:
         data=DataConfig(data=str(samples / "train"), val_data=str(samples / "val"), augment=True, num_workers=0),
         backbone=BackboneConfig(name="resnet50", weights=weights),
         decoder=DecoderConfig(name="pyramid", width=64),
-        train=TrainConfig(epochs=epochs, batch_size=3, lr=3e-3, warmup_epochs=1.0, seed=0, device=device, num_save=3),
+        # 9 photos and 3 held out: too few for the plateau rule to read; a fixed cosine budget instead.
+        train=TrainConfig(epochs=epochs, batch_size=3, lr=3e-3, warmup_epochs=1.0, schedule="cosine", seed=0,
+                          device=device, num_save=3),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from . import __version__
 from . import metrics as M
 from . import report
 from .backbones import FeatureExtractor, load_strict
@@ -212,7 +213,14 @@ def load_run(path: Union[str, Path], device: str = "auto") -> Run:
             f"decoder in {path} expects feature shapes {meta['decoder']['shapes']}, "
             f"but {b.name} gives {shapes}."
         )
-    decoder = decoder_from_spec(meta["decoder"])
+    try:
+        decoder = decoder_from_spec(meta["decoder"])
+    except (FeatinvError, KeyError, TypeError) as e:
+        raise FeatinvError(
+            f"cannot rebuild the decoder in {path / 'decoder.json'}, written by featinv "
+            f"{meta.get('featinv_version', '(unknown version)')}; this is featinv {__version__} "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})."
+        ) from None
     load_strict(decoder, tensors, str(path / "decoder.safetensors"))
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}

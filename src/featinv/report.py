@@ -143,9 +143,16 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         values = [float(r[k]) for r in per]
         row[k] = s["val"][k]
         row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    fit = s.get("train_eval") or {}
     row.update(
         parameters=s["decoder_parameters"],
-        epochs=s["epochs"],
+        epochs=s.get("epochs_run", s["epochs"]),
+        converged=s.get("converged"),
+        stop_reason=s.get("stop_reason"),
+        train_minutes=round(s.get("train_pass_s", s["train_time_s"]) / 60, 2),
+        images_per_s=s.get("train_images_per_s"),
+        train_psnr=fit.get("psnr"),
+        train_ssim=fit.get("ssim"),
         train_time_s=s["train_time_s"],
         ref_mean_image_psnr=mean_img.get("psnr"),
         ref_mean_image_ssim=mean_img.get("ssim"),
@@ -179,11 +186,13 @@ def expand_report_paths(paths: Sequence[Path]) -> list[Path]:
 
 TABLE_FIELDS = [
     "name", "backbone", "weights", "layer_set", "layers", "stride", "n_images",
-    "mse", "mse_std", "psnr", "psnr_std", "ssim", "ssim_std", "parameters", "epochs", "train_time_s",
+    "mse", "mse_std", "psnr", "psnr_std", "ssim", "ssim_std", "train_psnr", "train_ssim",
+    "parameters", "epochs", "converged", "stop_reason", "train_minutes", "images_per_s", "train_time_s",
     "ref_mean_image_psnr", "ref_mean_image_ssim", "ref_bicubic", "ref_bicubic_psnr", "ref_bicubic_ssim",
     "top1_agreement", "top5_agreement",
 ]
-TABLE_HEAD = ["configuration", "layers", "stride", "PSNR (dB)", "SSIM", "MSE", "parameters", "train time",
+TABLE_HEAD = ["configuration", "layers", "stride", "PSNR (dB)", "SSIM", "MSE", "train photos PSNR / SSIM",
+              "converged", "epochs", "parameters", "train time",
               "mean image PSNR / SSIM", "bicubic thumbnail PSNR / SSIM", "top-1 / top-5 agreement"]
 
 
@@ -204,11 +213,19 @@ def table_cells(r: dict[str, Any]) -> list[str]:
     return [
         _model_label(r), r["layer_set"], str(r["stride"]),
         f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.3f} ± {r['ssim_std']:.3f}", f"{r['mse']:.5f}",
+        f"{_fmt(r['train_psnr'], 2)} / {_fmt(r['train_ssim'])}", _converged(r), str(r["epochs"]),
         f"{r['parameters'] / 1e6:.2f}M", f"{r['train_time_s']:.0f} s",
         f"{_fmt(r['ref_mean_image_psnr'], 2)} / {_fmt(r['ref_mean_image_ssim'])}",
         f"{r['ref_bicubic']}: {_fmt(r['ref_bicubic_psnr'], 2)} / {_fmt(r['ref_bicubic_ssim'])}",
         f"{_fmt(r['top1_agreement'], 2)} / {_fmt(r['top5_agreement'], 2)}",
     ]
+
+
+def _converged(r: dict[str, Any]) -> str:
+    """yes / NO (why it stopped) / not checked (a schedule without the plateau rule)."""
+    if r["converged"] is None:
+        return "not checked"
+    return "yes" if r["converged"] else f"NO ({r['stop_reason']})"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -257,6 +274,23 @@ def metrics_vs_depth_figure(rows: Sequence[dict[str, Any]]):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("What each depth keeps: validation metrics (mean ± std over images)", fontsize=10)
+    return fig
+
+
+def learning_curves_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]]):
+    """Val PSNR per epoch, one line per configuration, whether it converged in the legend, so a
+    reader sees which decoders had stopped improving."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for d, r in zip(run_dirs, rows):
+        metrics = _read_csv(Path(d) / "metrics.csv")
+        label = f"{_model_label(r)} {r['layer_set']} (converged: {_converged(r)})"
+        ax.plot([int(m["epoch"]) for m in metrics], [float(m["val_psnr"]) for m in metrics], "o-", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    ax.set_title("Learning curves: validation PSNR per epoch", fontsize=10)
     return fig
 
 
@@ -341,8 +375,11 @@ def _paragraph(r: dict[str, Any]) -> str:
         text += (f". The classifier's top-1 class on the reconstruction matches the original's for "
                  f"{100 * r['top1_agreement']:.0f}% of images; the original's class is in the top 5 for "
                  f"{100 * r['top5_agreement']:.0f}%")
+    if r["train_psnr"] is not None:
+        text += (f". On as many training photos (center crops) it scores {r['train_psnr']:.2f} dB / "
+                 f"{r['train_ssim']:.3f}: a gap of {r['train_psnr'] - r['psnr']:+.2f} dB")
     return (f"<p>{text}. Decoder: {r['parameters'] / 1e6:.2f}M parameters, {r['epochs']} epochs, "
-            f"{r['train_time_s']:.0f} s of training.</p>")
+            f"{r['train_time_s']:.0f} s of training; converged: {html.escape(_converged(r))}.</p>")
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -369,6 +406,7 @@ def build_report(
     rows = [run_row(d) for d in run_dirs]
     figures = {
         "metrics_vs_depth": _figure_bytes(metrics_vs_depth_figure(rows)),
+        "learning_curves": _figure_bytes(learning_curves_figure(run_dirs, rows)),
         "grid": _figure_bytes(grid_figure(run_dirs, rows)),
         "error_maps": _figure_bytes(grid_figure(run_dirs, rows, errors=True)),
     }
@@ -382,9 +420,7 @@ def build_report(
         "validation data": cfg.data.val_data or f"hash split of the training folder, fraction {cfg.data.val_fraction}",
         "images (train / val)": f"{first['train_images']} / {first['val_images']}",
         "backbones and weights": ", ".join(dict.fromkeys(_model_label(r) for r in rows)),
-        "decoder": cfg.decoder.name if cfg.decoder.name == "seed" else
-                   f"{cfg.decoder.name} (width {cfg.decoder.width}, {cfg.decoder.blocks} residual blocks, "
-                   f"{cfg.decoder.upsample} up-sampling, {cfg.decoder.fusion} fusion, {cfg.decoder.norm} norm)",
+        "decoder": f"{cfg.decoder.name} " + (", ".join(f"{k} {v}" for k, v in cfg.decoder.options().items()) or "(no options)"),
         "loss": " + ".join(f"{w:g}·{k}" for k, w in cfg.loss.__dict__.items() if isinstance(w, float) and w > 0),
         "budget per configuration": (f"{cfg.train.minutes:g} min of training (at most {cfg.train.epochs} epochs)"
                                      if cfg.train.minutes else f"{cfg.train.epochs} epochs") + f", batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
@@ -412,6 +448,10 @@ def build_report(
         *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in rows],
         "</table>",
         "<h2>Metrics against depth</h2>", _img(figures["metrics_vs_depth"], "PSNR and SSIM against depth"),
+        "<h2>Learning curves</h2>",
+        "<p>A depth comparison is fair only between decoders that have stopped improving: each line is one "
+        "configuration's validation PSNR per epoch.</p>",
+        _img(figures["learning_curves"], "learning curves: validation PSNR per epoch"),
         "<h2>Reconstructions</h2>", _img(figures["grid"], "held-out images and reconstructions"),
         "<h2>Where information is lost</h2>", _img(figures["error_maps"], "per-pixel error maps"),
         "<h2>Per configuration</h2>", *[_paragraph(r) for r in rows],

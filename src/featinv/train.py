@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__, report
 from .backbones import FeatureExtractor
 from .config import RunConfig, load_config, save_config
-from .data import ImageDataset, SkipLog, make_loader, split_for_config, to_float
+from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .evaluate import Evaluation, evaluate_loader, save_pairs, write_per_image
 from .losses import build_loss
@@ -95,7 +95,12 @@ def validate_config(cfg: RunConfig) -> None:
         (t.batch_size >= 1, f"--batch-size must be at least 1, got {t.batch_size}."),
         (t.lr > 0 and math.isfinite(t.lr), f"--lr must be a positive number, got {t.lr}."),
         (t.weight_decay >= 0, f"weight_decay must be >= 0, got {t.weight_decay}."),
-        (t.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {t.schedule!r}."),
+        (t.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}."),
+        (t.plateau_epochs >= 1, f"--plateau-epochs must be at least 1, got {t.plateau_epochs}."),
+        (t.plateau_db >= 0, f"--plateau-db must be >= 0, got {t.plateau_db}."),
+        (t.decay_epochs >= 1, f"--decay-epochs must be at least 1, got {t.decay_epochs}."),
+        (0 < d.crop_scale <= 1, f"--crop-scale must be in (0, 1], got {d.crop_scale}."),
+        (0 <= d.color_jitter < 1, f"--color-jitter must be in [0, 1), got {d.color_jitter}."),
         (t.minutes is None or t.minutes > 0, f"--minutes must be positive, got {t.minutes}."),
         (t.grad_clip >= 0, f"--grad-clip must be >= 0, got {t.grad_clip}."),
         (0 <= t.ema < 1, f"--ema must be in [0, 1), got {t.ema}."),
@@ -111,6 +116,29 @@ def validate_config(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise FeatinvError(message)
+
+
+SCHEDULES = ("plateau", "cosine", "constant")
+
+
+def plateaued(history: Sequence[float], window: int, min_gain: float) -> bool:
+    """The stopping rule: True when the best of the last ``window`` values (val PSNR per epoch)
+    beats the best before them by less than ``min_gain``. Needs more than ``window`` values.
+
+    The best, not the last, so that one noisy epoch neither fires the rule nor hides a plateau.
+    """
+    if window < 1 or len(history) <= window:
+        return False
+    return max(history[-window:]) - max(history[:-window]) < min_gain
+
+
+def plateau_factor(step: int, warmup_steps: int, decay_start: Optional[int], decay_steps: int) -> float:
+    """The plateau schedule: linear warm-up, then constant until ``decay_start`` (unknown until the
+    rule fires), then a cosine to zero over ``decay_steps``."""
+    warm = (step + 1) / warmup_steps if warmup_steps and step < warmup_steps else 1.0
+    if decay_start is None or step < decay_start:
+        return warm
+    return min(warm, cosine((step - decay_start) / max(1, decay_steps)))
 
 
 def lr_factor(total_steps: int, warmup_steps: int, schedule: str) -> Callable[..., float]:
@@ -249,14 +277,17 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     )
 
     pin = device.type == "cuda"
-    train_ds = ImageDataset(train_recs, d.image_size, d.resize, train=d.augment, seed=seed)
+    train_ds = ImageDataset(train_recs, d.image_size, d.resize, train=d.augment, seed=seed,
+                            augment=Augment(d.crop_scale, d.color_jitter))
     val_ds = ImageDataset(val_recs, d.image_size, d.resize, train=False)
     train_loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, seed=seed, num_workers=d.num_workers, pin_memory=pin)
     val_loader = make_loader(val_ds, cfg.train.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
     steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
     total = cfg.train.epochs * steps_per_epoch
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    schedule = lr_factor(total, round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)
+    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
+    plateau = cfg.train.schedule == "plateau"
+    schedule = lr_factor(total, warmup_steps, "constant" if plateau else cfg.train.schedule)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     ckpt_dir = out / "checkpoints"
@@ -269,6 +300,10 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
     train_s = 0.0  # wall time of the training passes of finished epochs (validation excluded)
     t_epoch, in_epoch = time.perf_counter(), False
+    # The plateau schedule: the global step where the final decay began (None: not yet), its
+    # length, and whether the stopping rule (not a budget) started it.
+    decay_start: Optional[int] = None
+    decay_steps, converged = 0, False
     if resume:
         try:
             ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
@@ -296,6 +331,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         torch.set_rng_state(ckpt["rng"])
         elapsed_before = ckpt["elapsed_s"]
         train_s = ckpt["train_s"]
+        decay_start, decay_steps, converged = ckpt.get("decay_start"), ckpt.get("decay_steps", 0), ckpt.get("converged", False)
         log.info("resuming %s at epoch %d, step %d", out, start_epoch + 1, start_step)
     fcache = None
     if cfg.train.cache_features:
@@ -333,8 +369,34 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             "rng": torch.get_rng_state(),
             "elapsed_s": elapsed_before + time.perf_counter() - t0,
             "train_s": spent(),
+            "decay_start": decay_start,
+            "decay_steps": decay_steps,
+            "converged": converged,
             "config": cfg.to_dict(),
         }
+
+    def start_decay(history: list[dict], epochs_done: int) -> tuple[Optional[int], int, bool]:
+        """The plateau schedule's decision after an epoch: (decay_start, decay_steps, converged)."""
+        t = cfg.train
+        left = t.epochs - epochs_done
+        room = left
+        if budget_s is not None:  # whole epochs that still fit in the time budget
+            room = min(left, int((budget_s - train_s) / max(train_s / max(1, len(history)), 1e-9)))
+        here = epochs_done * steps_per_epoch
+        if plateaued([float(r["val_psnr"]) for r in history], t.plateau_epochs, t.plateau_db):
+            n_decay = max(1, min(t.decay_epochs, room))
+            log.info("val PSNR gained < %g dB over the last %d epochs: converged; decaying the learning rate "
+                     "over %d epoch(s), then stopping", t.plateau_db, t.plateau_epochs, n_decay)
+            return here, n_decay * steps_per_epoch, True
+        if 0 < room <= t.decay_epochs:
+            log.info("the budget leaves %d epoch(s) and val PSNR still rises: decaying the learning rate now; "
+                     "the run will be flagged as not converged", room)
+            return here, room * steps_per_epoch, False
+        return None, 0, False
+
+    def set_lr(factor: float) -> None:
+        for group in opt.param_groups:
+            group["lr"] = cfg.train.lr * factor
 
     def spent() -> float:
         """Training-pass seconds so far, the epoch in progress included."""
@@ -361,6 +423,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
 
     ev: Optional[Evaluation] = None
     stopped_early = False
+    stop_reason = "epoch cap"
     last = cfg.train.epochs - 1
     every = cfg.train.checkpoint_every
     check_every = 1 if device.type == "cpu" else 20  # finite-loss checks sync the host; free on the CPU
@@ -368,6 +431,9 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     out_of_time = False
     if budget_s is not None and train_s >= budget_s:  # a resumed run whose budget is spent
         start_epoch = cfg.train.epochs
+    if plateau and decay_start is not None and start_step == 0 and start_epoch * steps_per_epoch >= decay_start + decay_steps:
+        start_epoch = cfg.train.epochs  # a resumed run that already finished its final decay
+        stop_reason = "converged" if converged else "decayed at the budget's end"
     with StopSignals() as stop:
         for epoch in range(start_epoch, cfg.train.epochs):
             t_epoch, in_epoch = time.perf_counter(), True
@@ -411,13 +477,13 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                     if cfg.train.grad_clip > 0:
                         scaler.unscale_(opt)
                         torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.train.grad_clip)
-                    if budget_s is not None:  # the schedule follows the time budget instead of the step count
-                        f = schedule(epoch * steps_per_epoch + step, spent() / budget_s)
-                        for group in opt.param_groups:
-                            group["lr"] = cfg.train.lr * f
+                    if plateau:
+                        set_lr(plateau_factor(epoch * steps_per_epoch + step, warmup_steps, decay_start, decay_steps))
+                    elif budget_s is not None:  # the schedule follows the time budget instead of the step count
+                        set_lr(schedule(epoch * steps_per_epoch + step, spent() / budget_s))
                     scaler.step(opt)
                     scaler.update()
-                    if budget_s is None:
+                    if budget_s is None and not plateau:
                         sched.step()
                     if ema is not None:
                         ema.update_parameters(decoder)
@@ -446,7 +512,8 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                 raise nonfinite(train_loss, f"in epoch {epoch + 1}")
             train_time = time.perf_counter() - t_epoch
             train_s, in_epoch = spent(), False
-            final = epoch == last or out_of_time
+            decay_done = plateau and decay_start is not None and (epoch + 1) * steps_per_epoch >= decay_start + decay_steps
+            final = epoch == last or out_of_time or decay_done
             mean_image = (mean_sum / max(1, mean_n)).float() if final else None
             ev = evaluate_loader(
                 extractor, scored, val_loader, val_recs, device, skips, desc="validate",
@@ -456,10 +523,6 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             improved = ev.metrics["psnr"] > best_psnr
             if improved:
                 best_psnr, best_epoch = ev.metrics["psnr"], epoch + 1
-            state = checkpoint(epoch + 1, 0)
-            if improved:
-                atomic_torch_save(state, ckpt_dir / "best.pt")
-            atomic_torch_save(state, ckpt_dir / "last.pt")
             row = {
                 "epoch": epoch + 1,
                 "train_loss": f"{train_loss:.6g}",
@@ -471,6 +534,12 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                 "epoch_time_s": f"{time.perf_counter() - t_epoch:.2f}",
                 "train_images_per_s": f"{n / train_time:.2f}",
             }
+            if plateau and decay_start is None and not final:
+                decay_start, decay_steps, converged = start_decay(rows + [row], epoch + 1)
+            state = checkpoint(epoch + 1, 0)
+            if improved:
+                atomic_torch_save(state, ckpt_dir / "best.pt")
+            atomic_torch_save(state, ckpt_dir / "last.pt")
             rows.append(row)
             _write_metrics(rows, metrics_path, fields)
             log.info(
@@ -480,6 +549,11 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             )
             if out_of_time:
                 log.info("time budget of %g minutes spent after %d epoch(s)", cfg.train.minutes, epoch + 1)
+                stop_reason = "time budget"
+                break
+            if decay_done:
+                stop_reason = "converged" if converged else "decayed at the budget's end"
+                log.info("the final learning-rate decay is done after epoch %d (%s)", epoch + 1, stop_reason)
                 break
             if (sig := stop.signal) is not None and epoch < last:
                 raise TrainingInterrupted(
@@ -490,6 +564,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             if patience and not final and epoch + 1 - best_epoch >= patience:
                 log.info("early stop: no better val PSNR for %d epochs; keeping epoch %d's weights", patience, best_epoch)
                 stopped_early = True
+                stop_reason = "patience"
                 break
 
     if stopped_early:
@@ -504,6 +579,13 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             precision=precision, channels_last=cl,
         )
     export_decoder(scored, extractor, cfg, out)
+    # Center crops of as many training photos as there are val photos, scored the same way:
+    # the gap between the two shows how much the decoder overfits.
+    fit_recs = train_recs[: len(val_recs)]
+    fit_loader = make_loader(ImageDataset(fit_recs, d.image_size, d.resize, train=False), cfg.train.batch_size,
+                             shuffle=False, num_workers=d.num_workers, pin_memory=pin)
+    fit = evaluate_loader(extractor, scored, fit_loader, fit_recs, device, SkipLog(), desc="score train photos",
+                          precision=precision, channels_last=cl)
     weights_label = extractor.weights_info["weights"]
     title = f"{cfg.backbone.name} ({weights_label} weights), {'+'.join(cfg.backbone.layers)}, {cfg.decoder.name} decoder"
     if cfg.notes:
@@ -539,9 +621,16 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         "val": ev.metrics,
         "best_epoch": best_epoch,
         "best_val_psnr": best_psnr,
+        "train_eval": {**fit.metrics, "n_images": fit.n_images},
+        "schedule": cfg.train.schedule,
+        # Only the plateau rule can say a decoder converged; None: the schedule did not check.
+        "converged": converged if plateau else None,
+        "stop_reason": stop_reason,
         "reference": ev.reference,
         "train_time_s": round(elapsed_before + time.perf_counter() - t0, 2),
         "train_pass_s": round(train_s, 2),
+        # training passes only (validation excluded), the backbone's forward pass included
+        "train_images_per_s": round(len(rows) * len(train_ds) / train_s, 2) if train_s > 0 else None,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info(

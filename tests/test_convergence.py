@@ -1,0 +1,171 @@
+"""The convergence rule, its schedule, and the augmentation and extra-data options."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import featinv.train as train_module
+from featinv.train import plateau_factor, plateaued, train
+
+from conftest import tiny_config
+
+
+@pytest.mark.parametrize("history, expected", [
+    ([10.0, 12.0, 13.0, 13.05, 13.02, 13.04, 13.01], True),   # flat for four epochs
+    ([10.0, 11.0, 12.0, 13.0, 14.0, 15.0], False),            # still rising
+    ([10.0, 11.0, 11.05, 11.1, 11.15, 11.19], False),         # slow but steady: +0.19 dB over four epochs
+    ([10.0, 12.0, 13.5, 13.1, 13.2, 13.3, 13.2], True),       # one lucky epoch does not keep it going
+    ([13.0, 13.0, 13.0, 13.0], False),                        # too short to tell
+])
+def test_plateau_rule(history, expected):
+    assert plateaued(history, window=4, min_gain=0.1) is expected
+
+
+def test_plateau_schedule_warms_up_holds_then_decays_to_zero():
+    f = [plateau_factor(s, 10, None, 0) for s in range(30)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and set(f[10:]) == {1.0}
+    g = [plateau_factor(s, 10, 40, 20) for s in range(70)]
+    assert g[39] == 1.0 and g[40] == 1.0 and g[50] == pytest.approx(0.5) and g[60] == 0.0 and g[69] == 0.0
+    assert all(a >= b for a, b in zip(g[40:], g[41:]))
+
+
+def _scripted_validation(monkeypatch, psnrs):
+    """The loop's validation returns these val PSNRs, epoch after epoch (the rest is real)."""
+    real = train_module.evaluate_loader
+    calls = iter(psnrs)
+
+    def scripted(*args, **kwargs):
+        ev = real(*args, **kwargs)
+        if kwargs.get("desc") == "validate":
+            ev.metrics["psnr"] = next(calls)
+        return ev
+
+    monkeypatch.setattr(train_module, "evaluate_loader", scripted)
+
+
+def _lrs(out):
+    return [float(r["lr"]) for r in csv.DictReader(open(out / "metrics.csv"))]
+
+
+def test_a_flat_run_stops_converged_after_its_decay(monkeypatch, samples, tmp_path):
+    _scripted_validation(monkeypatch, [10.0, 11.0, 11.02, 11.01, 11.03] + [11.0] * 20)
+    cfg = tiny_config(samples / "train", samples / "val", epochs=20, schedule="plateau", plateau_epochs=3,
+                      plateau_db=0.1, decay_epochs=2, warmup_epochs=0.0)
+    cfg.data.max_images, cfg.train.batch_size = 3, 1
+    s = train(cfg, tmp_path / "r")
+    # plateau seen after epoch 5 (best of 3..5 is 11.03 vs 11.0 before), then 2 decay epochs
+    assert s["converged"] is True and s["stop_reason"] == "converged" and s["epochs_run"] == 7
+    lrs = _lrs(tmp_path / "r")
+    assert lrs[:5] == [cfg.train.lr] * 5 and lrs[5] < cfg.train.lr and lrs[6] < 0.1 * cfg.train.lr
+
+
+def test_a_rising_run_runs_to_its_cap_flagged_not_converged(monkeypatch, samples, tmp_path):
+    _scripted_validation(monkeypatch, [10.0 + i for i in range(20)])
+    cfg = tiny_config(samples / "train", samples / "val", epochs=6, schedule="plateau", plateau_epochs=3,
+                      plateau_db=0.1, decay_epochs=2, warmup_epochs=0.0)
+    cfg.data.max_images, cfg.train.batch_size = 3, 1
+    s = train(cfg, tmp_path / "r")
+    assert s["converged"] is False and s["epochs_run"] == 6 and s["stop_reason"] != "converged"
+    lrs = _lrs(tmp_path / "r")
+    assert lrs[:4] == [cfg.train.lr] * 4 and lrs[-1] < lrs[-2] < cfg.train.lr  # annealed over the last two epochs
+    assert lrs[-1] < 0.1 * cfg.train.lr
+    assert s["train_eval"]["n_images"] == min(3, s["val_images"])  # scored on as many train photos as possible
+
+
+def test_a_converged_run_resumed_does_not_train_again(monkeypatch, samples, tmp_path):
+    _scripted_validation(monkeypatch, [10.0, 10.0, 10.0, 10.0] + [10.0] * 10)
+    cfg = tiny_config(samples / "train", samples / "val", epochs=20, schedule="plateau", plateau_epochs=2,
+                      plateau_db=0.1, decay_epochs=1, warmup_epochs=0.0)
+    cfg.data.max_images = 3
+    first = train(cfg, tmp_path / "r")
+    assert first["converged"] and first["epochs_run"] == 4
+    again = train(cfg, tmp_path / "r", resume=True)
+    assert again["epochs_run"] == 4 and again["converged"] and again["stop_reason"] == "converged"
+
+
+# ── augmentation and extra training data ──────────────────────────────────────────────────────
+
+
+def _image(h=256, w=320):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+
+
+def test_plain_augmentation_is_a_crop_at_the_images_own_scale():
+    from featinv.data import Augment, crop
+
+    x = _image()
+    y = crop(x, 224, True, torch.Generator().manual_seed(1), Augment())
+    windows = [x[:, t:t + 224, l:l + 224] for t in range(33) for l in range(97)]
+    assert any(torch.equal(y, w) or torch.equal(y, w.flip(-1)) for w in windows)
+
+
+def test_random_resized_crops_and_jitter_are_replayable_and_change_the_image():
+    from featinv.data import Augment, crop
+
+    x = _image()
+    aug = Augment(crop_scale=0.5, color_jitter=0.3)
+    a = crop(x, 224, True, torch.Generator().manual_seed(5), aug)
+    b = crop(x, 224, True, torch.Generator().manual_seed(5), aug)
+    c = crop(x, 224, True, torch.Generator().manual_seed(6), aug)
+    assert a.shape == (3, 224, 224) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # not a plain crop any more: no 224 window of the original (or its mirror) equals it
+    windows = [x[:, t:t + 224, l:l + 224] for t in range(0, 33, 4) for l in range(0, 97, 4)]
+    assert not any(torch.equal(a, w) or torch.equal(a, w.flip(-1)) for w in windows)
+    # evaluation ignores augmentation: always the center crop
+    assert torch.equal(crop(x, 224, False, None, aug), x[:, 16:240, 48:272])
+
+
+def test_extra_data_joins_the_training_set_only(samples, tmp_path):
+    from featinv.config import DataConfig
+    from featinv.data import SkipLog, split_for_config
+
+    base = DataConfig(data=str(samples / "train"), val_data=str(samples / "val"))
+    train0, val0 = split_for_config(base, SkipLog())
+    more = DataConfig(data=str(samples / "train"), val_data=str(samples / "val"), extra_data=[str(samples / "val")])
+    train1, val1 = split_for_config(more, SkipLog())
+    assert len(train1) == len(train0) + len(val0) and [r.relpath for r in val1] == [r.relpath for r in val0]
+    assert {r.relpath for r in train1[len(train0):]} == {f"val/{r.relpath}" for r in val0}
+
+
+def test_new_flags_reach_the_config(samples, tmp_path):
+    from featinv.cli import main
+
+    out = tmp_path / "r"
+    assert main(["-q", "train", "--data", str(samples / "train"), "--val-data", str(samples / "val"), "--out", str(out),
+                 "--backbone", "resnet50", "--weights", "random", "--layers", "layer3", "--epochs", "1",
+                 "--batch-size", "4", "--workers", "0", "--device", "cpu", "--width", "16",
+                 "--max-width", "32", "--crop-scale", "0.6", "--color-jitter", "0.1", "--schedule", "plateau",
+                 "--plateau-epochs", "5", "--plateau-db", "0.2", "--decay-epochs", "2",
+                 "--extra-data", str(samples / "val")]) == 0
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["data"]["crop_scale"] == 0.6 and cfg["data"]["color_jitter"] == 0.1
+    assert cfg["data"]["extra_data"] == [str((samples / "val").resolve())]
+    assert cfg["train"]["plateau_epochs"] == 5 and cfg["train"]["plateau_db"] == 0.2 and cfg["train"]["decay_epochs"] == 2
+    assert cfg["decoder"]["max_width"] == 32
+    s = json.loads((out / "summary.json").read_text())
+    assert s["train_images"] == 9 + 3  # the nine of --data and the three of --extra-data
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--schedule", "onecycle", "invalid choice"),
+    ("--crop-scale", "0", "--crop-scale must be in (0, 1]"),
+    ("--color-jitter", "1.5", "--color-jitter must be in [0, 1)"),
+    ("--plateau-epochs", "0", "--plateau-epochs must be at least 1"),
+])
+def test_bad_recipe_values_are_one_sentence(samples, tmp_path, capsys, flag, value, words):
+    from featinv.cli import main
+
+    argv = ["train", "--data", str(samples / "train"), "--val-data", str(samples / "val"), "--out", str(tmp_path / "r"),
+            "--weights", "random", flag, value]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert words in capsys.readouterr().err
