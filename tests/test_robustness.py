@@ -205,7 +205,10 @@ def test_mid_epoch_resume_replays_the_same_batches(samples, tmp_path, tiny_run, 
         @property
         def signal(self):
             StopInEpochTwo.calls += 1
-            return "SIGTERM" if StopInEpochTwo.calls == 5 else None
+            if StopInEpochTwo.calls == 5:
+                time.sleep(4.0)  # a slow first part of epoch 2: its time must count after the resume
+                return "SIGTERM"
+            return None
 
         @signal.setter
         def signal(self, value):
@@ -217,9 +220,14 @@ def test_mid_epoch_resume_replays_the_same_batches(samples, tmp_path, tiny_run, 
     assert e.value.exit_code == 128 + signal.SIGTERM
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 1)  # 3 steps of epoch 1, then 1 of epoch 2
+    assert ckpt["epoch_s"] >= 4.0
     monkeypatch.setattr(train_module, "StopSignals", real)
     train_module.train(cfg, out, resume=True)
     _assert_same_weights(out, tiny_run)
+    # the resumed epoch's row counts its whole time, not only the tail after the resume
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[1]["epoch_time_s"]) >= 4.0
+    assert float(rows[1]["train_images_per_s"]) <= 9 / 4.0
 
 
 # ── atomic files ────────────────────────────────────────────────────────────────────────────

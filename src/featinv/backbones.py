@@ -13,6 +13,8 @@ on that detail.
 
 from __future__ import annotations
 
+import pickle
+
 import difflib
 import logging
 import os
@@ -183,9 +185,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - weights_only refusals come as several types
+        # An unpickling refusal explains itself; anything else (a text file gives KeyError: '101')
+        # only says the file is no checkpoint at all.
+        why = f": {str(e).splitlines()[0]}" if isinstance(e, pickle.UnpicklingError) and str(e) else ""
         raise FeatinvError(
-            f"refused to load {path}: it is not a plain state dict of tensors "
-            f"(loaded with weights_only=True, which never runs code from the file): {str(e).splitlines()[0]}"
+            f"refused to load {path}: it is not a PyTorch checkpoint holding a plain state dict of tensors "
+            f"(loaded with weights_only=True, which never runs code from the file){why}."
         ) from None
     # Common wrappers around a state dict.
     for key in ("state_dict", "model"):

@@ -237,7 +237,7 @@ def _build_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
-    train(_build_config(args), args.out, resume=args.resume)
+    train(_build_config(args), args.out, resume=args.resume, command=args.command_line)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -246,7 +246,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     base = _build_config(args)
     models = parse_models(args.models, base.backbone.name, args.weights)
     models = [(b, w if w in ("imagenet", "random") else str(Path(w).expanduser().resolve())) for b, w in models]
-    rows = run_sweep(base, args.out, args.layer_sets or DEFAULT_LAYER_SETS, models, semantic=not args.no_semantic)
+    rows = run_sweep(base, args.out, args.layer_sets or DEFAULT_LAYER_SETS, models, semantic=not args.no_semantic,
+                     command=args.command_line)
     from .report import markdown_table
 
     print(markdown_table(rows))
@@ -313,12 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="featinv",
+        allow_abbrev=False,  # `--epoch` silently meaning `--epochs` is a trap once flags multiply
         description="Reconstruct images from the intermediate features of a frozen network, "
         "and measure what each depth keeps (MSE, PSNR, SSIM).",
     )
     parser.add_argument("--version", action="version", version=f"featinv {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = _no_abbrev(sub.add_parser)  # type: ignore[method-assign]
     _train_parser(sub)
     _sweep_parser(sub)
 
@@ -375,6 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def _no_abbrev(add_parser):
+    """``add_parser`` with prefix matching off, remembering each sub-command's parser."""
+
+    def add(name: str, **kw):
+        SUBPARSERS[name] = add_parser(name, allow_abbrev=False, **kw)
+        return SUBPARSERS[name]
+
+    return add
+
+
 COMMANDS = {
     "train": cmd_train,
     "sweep": cmd_sweep,
@@ -387,15 +403,43 @@ COMMANDS = {
 }
 
 
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse; an unknown flag is reported by its sub-command's parser, with the closest flag."""
+    import difflib
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = SUBPARSERS[args.command]
+        flags = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+        unknown = next((x for x in extra if x.startswith("-")), extra[0]).split("=")[0]
+        close = difflib.get_close_matches(unknown, flags, n=1)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    import shlex
+
+    args = _parse(argv)
+    args.command_line = shlex.join(["featinv", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )
     from .train import TrainingInterrupted
 
+    out = getattr(args, "out", None)
     try:
+        if args.command != "report" and out and Path(out).exists() and not Path(out).is_dir():
+            raise FeatinvError(f"--out {out} is a file, not a folder; choose another --out.")
         COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (`featinv backbones --json | head`): not an error of ours. Point
+        # stdout at devnull so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TrainingInterrupted as e:
         print(f"featinv: {e}", file=sys.stderr)
         return e.exit_code

@@ -159,6 +159,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         raise FeatinvError(f"config key '{key}' must be {tp.__name__}, got {value!r}.") from None
 
 
+def diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
+    """Keys (as tuples of section names) whose values differ between two config dicts."""
+    out = []
+    for k in a:
+        if isinstance(a[k], dict):
+            out += diff_configs(a[k], b.get(k, {}), prefix + (k,))
+        elif a[k] != b.get(k):
+            out.append(prefix + (k,))
+    return out
+
+
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -460,6 +460,12 @@ def split_for_config(cfg: DataConfig, skips: SkipLog) -> tuple[list[ImageRecord]
         side = read_split_file(split_file)
         train = [r for r in records if side.get(r.relpath) == "train"]
         val = [r for r in records if side.get(r.relpath) == "val"]
+        if records and not train and not val:
+            raise FeatinvError(
+                f"the split file {split_file} matched none of the {len(records)} images in {data} "
+                f"(it names files such as {next(iter(side))!r}; the folder holds files such as "
+                f"{records[0].relpath!r}): its file column must hold paths relative to --data."
+            )
     else:
         train, val = split_records(records, cfg.val_fraction)
     for extra in cfg.extra_data:

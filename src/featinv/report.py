@@ -386,6 +386,36 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
+def validation_source(cfg: Any) -> str:
+    """Where a run's validation images came from, in words."""
+    d = cfg.data
+    if d.val_data:
+        return d.val_data
+    if d.split_file:
+        return f"the val rows of the split file {d.split_file}"
+    return f"hash split of the training folder, fraction {d.val_fraction}"
+
+
+def differing_settings(run_dirs: Sequence[Path]) -> dict[str, str]:
+    """``{"settings that differ": ...}`` naming, run by run, every config key whose value is not
+    the same in all runs (the backbone and layers aside: the table shows those); {} if none."""
+    from .config import diff_configs, load_config
+
+    configs = [load_config(Path(d) / "config.yaml").to_dict() for d in run_dirs]
+    keys = sorted({k for c in configs[1:] for k in diff_configs(configs[0], c) + diff_configs(c, configs[0])}
+                  - {("backbone", "name"), ("backbone", "weights"), ("backbone", "layers"), ("notes",)})
+    if not keys:
+        return {}
+
+    def value(c: dict, key: tuple) -> Any:
+        for part in key:
+            c = c.get(part, {}) if isinstance(c, dict) else None
+        return c
+
+    lines = [f"{Path(d).name}: " + ", ".join(f"{'.'.join(k)}={value(c, k)}" for k in keys) for d, c in zip(run_dirs, configs)]
+    return {"settings that differ between runs": "\n".join(lines)}
+
+
 def build_report(
     paths: Sequence[Path],
     out_html: Path,
@@ -417,7 +447,7 @@ def build_report(
     first = json.loads((Path(run_dirs[0]) / "summary.json").read_text(encoding="utf-8"))
     facts = {
         "training data": cfg.data.data,
-        "validation data": cfg.data.val_data or f"hash split of the training folder, fraction {cfg.data.val_fraction}",
+        "validation data": validation_source(cfg),
         "images (train / val)": f"{first['train_images']} / {first['val_images']}",
         "backbones and weights": ", ".join(dict.fromkeys(_model_label(r) for r in rows)),
         "decoder": f"{cfg.decoder.name} " + (", ".join(f"{k} {v}" for k, v in cfg.decoder.options().items()) or "(no options)"),
@@ -432,6 +462,11 @@ def build_report(
     }
     if cfg.notes:
         facts["notes"] = " ".join(cfg.notes)
+    facts.update(differing_settings(run_dirs))
+    commands = [json.loads((Path(d) / "summary.json").read_text(encoding="utf-8")).get("command") for d in run_dirs]
+    if "command" not in facts and any(commands):
+        facts["commands" if len(set(commands)) > 1 else "command"] = "\n".join(
+            dict.fromkeys(f"{Path(d).name}: {c}" if len(set(commands)) > 1 else c for d, c in zip(run_dirs, commands) if c))
     page = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -441,7 +476,8 @@ def build_report(
         "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>What was run</h2><table>",
-        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()],
+        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v)).replace(chr(10), '<br>')}</td></tr>"
+          for k, v in facts.items()],
         "</table>",
         "<h2>Results</h2><table>",
         "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEAD) + "</tr>",

@@ -95,8 +95,7 @@ def check_same_settings(
 ) -> None:
     """A finished run is reused only if it was trained as ``cfg`` would train it (``ignored``
     keys aside: by default those that change where it ran, not what it learned)."""
-    from .config import load_config
-    from .train import diff_configs
+    from .config import diff_configs, load_config
 
     changed = [k for k in diff_configs(load_config(run_dir / "config.yaml").to_dict(), cfg.to_dict()) if k not in ignored]
     if changed:
@@ -118,8 +117,10 @@ def run_sweep(
     layer_sets: Sequence[str] = DEFAULT_LAYER_SETS,
     models: Sequence[tuple[str, str]] = (("resnet50", "imagenet"),),
     semantic: bool = True,
+    command: Optional[str] = None,
 ) -> list[dict[str, Any]]:
-    """Train and score every configuration, then write the tables, figures and report."""
+    """Train and score every configuration, then write the tables, figures and report.
+    ``command``: the shell-quoted command line, recorded in sweep.json, every run and the report."""
     out = Path(out)
     validate_config(base)
     entries = plan(base, layer_sets, models)
@@ -131,6 +132,7 @@ def run_sweep(
         "models": [f"{b}:{w}" for b, w in models],
         "runs": [e.name for e in entries],
         "base_config": base.to_dict(),
+        "command": command,
     }
     atomic_write_text(out / "sweep.json", json.dumps(sweep_meta, indent=2) + "\n")
     for i, e in enumerate(entries, 1):
@@ -143,7 +145,7 @@ def run_sweep(
             resume = (run_dir / "checkpoints" / "last.pt").is_file()
             if not resume and run_dir.exists():
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
-            train(entry_config(base, e), run_dir, resume=resume)
+            train(entry_config(base, e), run_dir, resume=resume, command=command)
         if semantic and e.weights != "random" and not (run_dir / "semantic.json").is_file():
             run = load_run(run_dir, device=base.train.device)
             d = run.config.data
@@ -155,7 +157,7 @@ def run_sweep(
     rows = report.build_report(
         run_dirs, out / "report.html", figures_dir=out / "figures",
         title=f"featinv depth study: {out.name}",
-        info={"command": "featinv sweep", "sweep time (this invocation)": f"{time.perf_counter() - t0:.0f} s"},
+        info={"command": command or "run_sweep() from Python", "sweep time (this invocation)": f"{time.perf_counter() - t0:.0f} s"},
     )
     report.write_tables(rows, out)
     return rows

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__, report
 from .backbones import FeatureExtractor
-from .config import RunConfig, load_config, save_config
+from .config import RunConfig, diff_configs, load_config, save_config
 from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .evaluate import Evaluation, evaluate_loader, save_pairs, write_per_image
@@ -181,20 +181,11 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path, fields: list[str]) ->
     atomic_write_text(path, buf.getvalue())
 
 
-def diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
-    """Keys (as tuples of section names) whose values differ between two config dicts."""
-    out = []
-    for k in a:
-        if isinstance(a[k], dict):
-            out += diff_configs(a[k], b.get(k, {}), prefix + (k,))
-        elif a[k] != b.get(k):
-            out.append(prefix + (k,))
-    return out
-
-
 def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
     """A new run needs a folder without a run in it; a resumed one, the same run's folder."""
     saved_path = out / "config.yaml"
+    if out.exists() and not out.is_dir():
+        raise FeatinvError(f"--out {out} is a file, not a folder; choose another --out.")
     if not resume:
         if saved_path.is_file():
             raise FeatinvError(
@@ -233,8 +224,20 @@ def export_decoder(decoder: nn.Module, extractor: FeatureExtractor, cfg: RunConf
     atomic_write_text(out / "decoder.json", json.dumps(meta, indent=2) + "\n")
 
 
-def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[str, Any]:
-    """Train a decoder as ``cfg`` says, writing the run directory ``out``; returns its summary."""
+def record_command(out: Path, command: Optional[str]) -> None:
+    """Append the invoking command line to ``out/commands.txt`` (one line per session)."""
+    if not command:
+        return
+    path = out / "commands.txt"
+    before = path.read_text(encoding="utf-8") if path.is_file() else ""
+    atomic_write_text(path, before + command + "\n")
+
+
+def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False, command: Optional[str] = None) -> dict[str, Any]:
+    """Train a decoder as ``cfg`` says, writing the run directory ``out``; returns its summary.
+
+    ``command``: the command line that asked for it (shell-quoted), kept in ``commands.txt``
+    and ``summary.json`` so that the run directory says how to reproduce it."""
     out = Path(out)
     validate_config(cfg)
     check_output_dir(out, cfg, resume)
@@ -300,6 +303,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
     elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
     train_s = 0.0  # wall time of the training passes of finished epochs (validation excluded)
     t_epoch, in_epoch = time.perf_counter(), False
+    epoch_before = 0.0  # seconds of the epoch in progress spent in an earlier session (a mid-epoch resume)
     # The plateau schedule: the global step where the final decay began (None: not yet), its
     # length, and whether the stopping rule (not a budget) started it.
     decay_start: Optional[int] = None
@@ -331,6 +335,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         torch.set_rng_state(ckpt["rng"])
         elapsed_before = ckpt["elapsed_s"]
         train_s = ckpt["train_s"]
+        epoch_before = ckpt.get("epoch_s", 0.0) if start_step else 0.0
         decay_start, decay_steps, converged = ckpt.get("decay_start"), ckpt.get("decay_steps", 0), ckpt.get("converged", False)
         log.info("resuming %s at epoch %d, step %d", out, start_epoch + 1, start_step)
     fcache = None
@@ -341,6 +346,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         fcache = FeatureCache(out / "feature_cache", len(train_ds), shapes, ckpt.get("feature_filled") if resume else None)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    record_command(out, command)
     metrics_path = out / "metrics.csv"
     rows = [r for r in _read_metrics(metrics_path) if int(r["epoch"]) <= start_epoch]
     _write_metrics(rows, metrics_path, fields)
@@ -369,6 +375,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             "rng": torch.get_rng_state(),
             "elapsed_s": elapsed_before + time.perf_counter() - t0,
             "train_s": spent(),
+            "epoch_s": epoch_before + time.perf_counter() - t_epoch if in_epoch else 0.0,
             "decay_start": decay_start,
             "decay_steps": decay_steps,
             "converged": converged,
@@ -510,7 +517,9 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             train_loss = train_parts[0]
             if not math.isfinite(train_loss):
                 raise nonfinite(train_loss, f"in epoch {epoch + 1}")
-            train_time = time.perf_counter() - t_epoch
+            # The whole epoch's time, across sessions when it was resumed mid-way, so the
+            # images/s of that row counts the same images over the same span.
+            train_time = epoch_before + time.perf_counter() - t_epoch
             train_s, in_epoch = spent(), False
             decay_done = plateau and decay_start is not None and (epoch + 1) * steps_per_epoch >= decay_start + decay_steps
             final = epoch == last or out_of_time or decay_done
@@ -531,7 +540,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
                 "val_psnr": f"{ev.metrics['psnr']:.4f}",
                 "val_ssim": f"{ev.metrics['ssim']:.5f}",
                 "lr": f"{opt.param_groups[0]['lr']:.4g}",
-                "epoch_time_s": f"{time.perf_counter() - t_epoch:.2f}",
+                "epoch_time_s": f"{epoch_before + time.perf_counter() - t_epoch:.2f}",
                 "train_images_per_s": f"{n / train_time:.2f}",
             }
             if plateau and decay_start is None and not final:
@@ -542,6 +551,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
             atomic_torch_save(state, ckpt_dir / "last.pt")
             rows.append(row)
             _write_metrics(rows, metrics_path, fields)
+            epoch_before = 0.0
             log.info(
                 "epoch %d/%d  train loss %.5f  val MSE %.5f  PSNR %.2f dB  SSIM %.4f  (%.1f s)",
                 epoch + 1, cfg.train.epochs, train_loss, ev.metrics["mse"], ev.metrics["psnr"], ev.metrics["ssim"],
@@ -604,6 +614,7 @@ def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False) -> dict[s
         "precision": precision,
         "channels_last": cl,
         "status": "completed",
+        "command": command,
         "notes": cfg.notes,
         "backbone": extractor.weights_info,
         "layers": cfg.backbone.layers,
