@@ -111,3 +111,21 @@ def test_a_mistyped_flag_gets_the_sub_commands_usage_and_a_suggestion(samples, t
     assert code == 2
     assert "usage: featinv train" in err and f"did you mean {suggestion}?" in err
     assert not (tmp_path / "r").exists()  # `--epoch` is not taken for `--epochs`
+
+
+def test_the_python_api_talks_when_asked_and_is_silent_otherwise(samples, tmp_path, capfd):
+    import logging
+
+    from featinv.train import train
+    from conftest import tiny_config
+
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("featinv").handlers)
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.data.max_images = 3
+    train(cfg, tmp_path / "quiet")
+    assert "epoch 1/1" not in capfd.readouterr().err
+    train(cfg, tmp_path / "talks", verbose=True)
+    err = capfd.readouterr().err
+    assert "epoch 1/1" in err and "done: val PSNR" in err
+    train(cfg, tmp_path / "quiet-again")  # the handler does not outlive the call
+    assert "epoch 1/1" not in capfd.readouterr().err

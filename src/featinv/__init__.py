@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
+
+# A library only adds a NullHandler; the CLI (or the caller, or ``verbose=True``) decides where messages go.
+logging.getLogger("featinv").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("featinv")

@@ -32,6 +32,7 @@ from .utils import (
     atomic_write_bytes,
     atomic_write_text,
     autocast,
+    console_messages,
     progress_enabled,
     resolve_device,
     resolve_precision,
@@ -233,11 +234,24 @@ def record_command(out: Path, command: Optional[str]) -> None:
     atomic_write_text(path, before + command + "\n")
 
 
-def train(cfg: RunConfig, out: Union[str, Path], resume: bool = False, command: Optional[str] = None) -> dict[str, Any]:
+def train(
+    cfg: RunConfig,
+    out: Union[str, Path],
+    resume: bool = False,
+    command: Optional[str] = None,
+    verbose: Optional[bool] = None,
+) -> dict[str, Any]:
     """Train a decoder as ``cfg`` says, writing the run directory ``out``; returns its summary.
 
     ``command``: the command line that asked for it (shell-quoted), kept in ``commands.txt``
-    and ``summary.json`` so that the run directory says how to reproduce it."""
+    and ``summary.json`` so that the run directory says how to reproduce it. ``verbose``: print
+    the per-epoch messages when logging is not configured (None: in a notebook, where progress
+    bars show too)."""
+    with console_messages(verbose):
+        return _train(cfg, Path(out), resume, command)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> dict[str, Any]:
     out = Path(out)
     validate_config(cfg)
     check_output_dir(out, cfg, resume)

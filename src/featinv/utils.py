@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -9,7 +10,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 
@@ -94,9 +95,39 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise FeatinvError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
 
 
+def in_notebook() -> bool:
+    """Running inside a Jupyter (IPython kernel) session."""
+    return "ipykernel" in sys.modules
+
+
 def progress_enabled() -> bool:
-    """Progress bars only on a terminal: logs and CI stay clean."""
-    return sys.stderr.isatty()
+    """Progress bars on a terminal or in a notebook (tqdm.auto draws widgets there); logs, pipes
+    and CI stay clean."""
+    return sys.stderr.isatty() or in_notebook()
+
+
+@contextlib.contextmanager
+def console_messages(verbose: Optional[bool]) -> Iterator[None]:
+    """While a library call runs, show featinv's INFO messages on stderr when ``verbose`` (None:
+    in a notebook) and logging does not already let them through; otherwise leave logging as the
+    caller set it."""
+    logger = logging.getLogger("featinv")
+    # Someone asked for INFO (logging.basicConfig(level=INFO), the CLI): their handlers show it.
+    if logger.getEffectiveLevel() <= logging.INFO or not (in_notebook() if verbose is None else verbose):
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # warnings would print twice through the root's handlers
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
