@@ -22,10 +22,6 @@ def __getattr__(name: str):
         from . import evaluate
 
         return getattr(evaluate, name)
-    if name == "train":
-        from .train import train
-
-        return train
     if name == "FeatureExtractor":
         from .backbones import FeatureExtractor
 
@@ -35,3 +31,9 @@ def __getattr__(name: str):
 
         return RunConfig
     raise AttributeError(f"module 'featinv' has no attribute {name!r}")
+
+
+# Eager, unlike the names above: the submodule featinv.train shares the function's name, and the
+# import system binds the *module* to `featinv.train` as soon as anything imports it, so a lazy
+# `featinv.train` would become uncallable. Importing it here binds the function last.
+from .train import train  # noqa: E402
