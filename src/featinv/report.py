@@ -54,10 +54,15 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 def comparison_figure(
     originals: torch.Tensor, reconstructions: torch.Tensor, labels: Sequence[str], title: str, path: Path
 ) -> None:
-    """Originals (top row) over reconstructions (bottom row), each labelled."""
+    """Originals (top row) over reconstructions (bottom row), each labelled, saved to ``path``."""
+    _save_figure(comparison_fig(originals, reconstructions, labels, title), path)
+
+
+def comparison_fig(originals: torch.Tensor, reconstructions: torch.Tensor, labels: Sequence[str], title: str):
     plt = _pyplot()
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 5.0), squeeze=False)
+    # Constrained layout makes room for a title of any length above the images, never over them.
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 5.0), squeeze=False, layout="constrained")
     for i in range(n):
         for row, (imgs, name) in enumerate(((originals, "original"), (reconstructions, "reconstruction"))):
             ax = axes[row][i]
@@ -68,7 +73,7 @@ def comparison_figure(
                 ax.set_ylabel(name)
         axes[1][i].set_xlabel(labels[i], fontsize=8)
     fig.suptitle(_wrap(title, max(40, 22 * n)), fontsize=9)
-    _save_figure(fig, path)
+    return fig
 
 
 def loss_curve(rows: Sequence[dict], title: str, path: Path) -> None:
@@ -331,7 +336,8 @@ def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int
     if not originals:
         raise FeatinvError(f"{run_dirs[0]} has no saved pairs (results/original_0.png); train with --num-save > 0.")
     cols = 1 + len(run_dirs)
-    fig, axes = plt.subplots(len(originals), cols, figsize=(2.1 * cols, 2.2 * len(originals)), squeeze=False)
+    fig, axes = plt.subplots(len(originals), cols, figsize=(2.1 * cols, 2.2 * len(originals)), squeeze=False,
+                             layout="constrained")
     image = None
     for i, x in enumerate(originals):
         axes[i][0].imshow(x)
@@ -344,7 +350,8 @@ def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int
                 ax.imshow(recons[j][i])
             ax.set_xlabel(labels[j][i], fontsize=7)
             if i == 0:
-                ax.set_title(f"{_model_label(r)}\n{r['layer_set']}", fontsize=7)
+                # wrapped to the column's width, so neighbouring titles never run into each other
+                ax.set_title(_wrap(f"{_model_label(r)}\n{r['layer_set']}", 24), fontsize=7)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
