@@ -197,7 +197,7 @@ TABLE_FIELDS = [
     "top1_agreement", "top5_agreement",
 ]
 TABLE_HEAD = ["configuration", "layers", "stride", "PSNR (dB)", "SSIM", "MSE", "train photos PSNR / SSIM",
-              "converged", "epochs", "parameters", "train time",
+              "converged", "epochs", "parameters", "training passes (wall time incl. validation)",
               "mean image PSNR / SSIM", "bicubic thumbnail PSNR / SSIM", "top-1 / top-5 agreement"]
 
 
@@ -219,7 +219,7 @@ def table_cells(r: dict[str, Any]) -> list[str]:
         _model_label(r), r["layer_set"], str(r["stride"]),
         f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.3f} ± {r['ssim_std']:.3f}", f"{r['mse']:.5f}",
         f"{_fmt(r['train_psnr'], 2)} / {_fmt(r['train_ssim'])}", _converged(r), str(r["epochs"]),
-        f"{r['parameters'] / 1e6:.2f}M", f"{r['train_time_s']:.0f} s",
+        f"{r['parameters'] / 1e6:.2f}M", f"{r['train_minutes']:.1f} min ({r['train_time_s']:.0f} s)",
         f"{_fmt(r['ref_mean_image_psnr'], 2)} / {_fmt(r['ref_mean_image_ssim'])}",
         f"{r['ref_bicubic']}: {_fmt(r['ref_bicubic_psnr'], 2)} / {_fmt(r['ref_bicubic_ssim'])}",
         f"{_fmt(r['top1_agreement'], 2)} / {_fmt(r['top5_agreement'], 2)}",
@@ -389,6 +389,11 @@ def _paragraph(r: dict[str, Any]) -> str:
             f"{r['train_time_s']:.0f} s of training; converged: {html.escape(_converged(r))}.</p>")
 
 
+def _loss_curve(run_dir: Path) -> str:
+    path = Path(run_dir) / "figures" / "loss_curve.png"
+    return _img(path.read_bytes(), f"loss curve of {Path(run_dir).name}") if path.is_file() else ""
+
+
 def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -497,7 +502,9 @@ def build_report(
         _img(figures["learning_curves"], "learning curves: validation PSNR per epoch"),
         "<h2>Reconstructions</h2>", _img(figures["grid"], "held-out images and reconstructions"),
         "<h2>Where information is lost</h2>", _img(figures["error_maps"], "per-pixel error maps"),
-        "<h2>Per configuration</h2>", *[_paragraph(r) for r in rows],
+        "<h2>Per configuration</h2>",
+        "<p>Each run's own curves: train loss and val MSE (log scale), val PSNR on the right axis.</p>",
+        *[_paragraph(r) + _loss_curve(d) for r, d in zip(rows, run_dirs)],
         "</body></html>",
     ]
     atomic_write_text(out_html, "\n".join(page) + "\n")
