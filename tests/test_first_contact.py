@@ -129,3 +129,20 @@ def test_the_python_api_talks_when_asked_and_is_silent_otherwise(samples, tmp_pa
     assert "epoch 1/1" in err and "done: val PSNR" in err
     train(cfg, tmp_path / "quiet-again")  # the handler does not outlive the call
     assert "epoch 1/1" not in capfd.readouterr().err
+
+
+def test_single_runs_and_evaluate_score_semantics_with_pretrained_weights(samples, tmp_path, capsys, tiny_run):
+    out = tmp_path / "lite0"
+    argv = _tiny_train(samples, out, "--backbone", "efficientnet_lite0")
+    argv[argv.index("--weights") + 1] = "imagenet"
+    assert _run(argv, capsys)[0] == 0
+    sem = json.loads((out / "semantic.json").read_text())
+    assert 0 <= sem["top1_agreement"] <= sem["top5_agreement"] <= 1 and sem["n_images"] == 3
+    assert _run(["-q", "evaluate", str(out), "--out", str(tmp_path / "ev")], capsys)[0] == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["top1_agreement"] == sem["top1_agreement"]  # the same val photos, the same decoder
+    page = tmp_path / "r.html"
+    assert _run(["-q", "report", str(out), str(tiny_run), "--out", str(page)], capsys)[0] == 0
+    text = page.read_text()
+    assert f"{sem['top1_agreement']:.2f} / {sem['top5_agreement']:.2f}" in text
+    assert "n/a (random weights)" in text  # tiny_run: random weights, said so instead of a bare dash

@@ -236,8 +236,11 @@ def evaluate_run(
     num_save: int = 8,
     batch_size: Optional[int] = None,
     num_workers: int = -1,
+    semantic: bool = True,
 ) -> dict[str, Any]:
     """Score a run on ``data`` (every image in it) or, by default, on the run's own val split.
+    With pretrained backbone weights (and ``semantic``) the classifier's agreement on the
+    reconstructions is scored too.
 
     Writes ``metrics.json``, ``per_image.csv`` and the saved pairs into ``out``
     (default ``RUN/evaluation``) and returns the metrics.
@@ -260,6 +263,7 @@ def evaluate_run(
     loader = run.loader(records, batch_size or cfg.train.batch_size, num_workers)
     ev = evaluate_loader(run.extractor, run.decoder, loader, records, run.device, skips, keep=num_save,
                          precision=run.precision, channels_last=cfg.train.channels_last)
+    sem = run_semantics(run, records, batch_size or cfg.train.batch_size, num_workers) if semantic else None
     result = {
         "run": str(run.path.resolve()),
         "data": source,
@@ -270,6 +274,9 @@ def evaluate_run(
         "layers": cfg.backbone.layers,
         "decoder": cfg.decoder.name,
         "notes": cfg.notes,
+        # None: random backbone weights (no classes to agree on) or not asked for
+        "top1_agreement": sem["top1_agreement"] if sem else None,
+        "top5_agreement": sem["top5_agreement"] if sem else None,
     }
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     write_per_image(ev.per_image, out / "per_image.csv")
@@ -317,6 +324,29 @@ def agreement(logits_original: torch.Tensor, logits_reconstruction: torch.Tensor
 
 
 @torch.no_grad()
+def run_semantics(run: Run, records: Sequence[ImageRecord], batch_size: int = 32,
+                  num_workers: int = -1) -> Optional[dict[str, float]]:
+    """Semantic agreement on ``records`` when the run's backbone has pretrained weights; None
+    for random weights, whose classifier knows no classes."""
+    from .backbones import Classifier
+
+    b = run.config.backbone
+    if b.weights == "random":
+        return None
+    classifier = Classifier(b.name, b.weights, seed=run.config.train.seed)
+    return semantic_agreement(run, classifier, records, batch_size=batch_size, num_workers=num_workers)
+
+
+def write_semantics(run: Run) -> Optional[dict[str, float]]:
+    """``semantic.json`` of a run directory: the agreement on its own val split (pretrained
+    weights only), which reports show beside its scores."""
+    _, val = split_for_config(run.config.data, SkipLog())
+    result = run_semantics(run, val, run.config.train.batch_size, run.config.data.num_workers)
+    if result is not None:
+        atomic_write_text(run.path / "semantic.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def semantic_agreement(
     run: Run, classifier: nn.Module, records: Sequence[ImageRecord], batch_size: int = 32, num_workers: int = -1
 ) -> dict[str, float]:

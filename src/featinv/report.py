@@ -38,7 +38,8 @@ def _figure_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG (atomically) and close it."""
     atomic_write_bytes(path, _figure_bytes(fig))
 
 
@@ -55,7 +56,7 @@ def comparison_figure(
     originals: torch.Tensor, reconstructions: torch.Tensor, labels: Sequence[str], title: str, path: Path
 ) -> None:
     """Originals (top row) over reconstructions (bottom row), each labelled, saved to ``path``."""
-    _save_figure(comparison_fig(originals, reconstructions, labels, title), path)
+    save_figure(comparison_fig(originals, reconstructions, labels, title), path)
 
 
 def comparison_fig(originals: torch.Tensor, reconstructions: torch.Tensor, labels: Sequence[str], title: str):
@@ -92,7 +93,7 @@ def loss_curve(rows: Sequence[dict], title: str, path: Path) -> None:
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
     ax.set_title(_wrap(title, 80), fontsize=9)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def write_skipped(rows: Sequence[tuple[str, str]], path: Path) -> None:
@@ -222,8 +223,15 @@ def table_cells(r: dict[str, Any]) -> list[str]:
         f"{r['parameters'] / 1e6:.2f}M", f"{r['train_minutes']:.1f} min ({r['train_time_s']:.0f} s)",
         f"{_fmt(r['ref_mean_image_psnr'], 2)} / {_fmt(r['ref_mean_image_ssim'])}",
         f"{r['ref_bicubic']}: {_fmt(r['ref_bicubic_psnr'], 2)} / {_fmt(r['ref_bicubic_ssim'])}",
-        f"{_fmt(r['top1_agreement'], 2)} / {_fmt(r['top5_agreement'], 2)}",
+        _agreement(r),
     ]
+
+
+def _agreement(r: dict[str, Any]) -> str:
+    if r["top1_agreement"] is not None:
+        return f"{r['top1_agreement']:.2f} / {r['top5_agreement']:.2f}"
+    # say why there is no number: random weights have no classes to agree on
+    return "n/a (random weights)" if r["weights"] == "random" else "not computed"
 
 
 def _converged(r: dict[str, Any]) -> str:
@@ -331,35 +339,49 @@ def _pairs(run_dirs: Sequence[Path], n: int) -> tuple[list[np.ndarray], list[lis
 def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int = 4, errors: bool = False):
     """Rows = held-out images; columns = the original, then each configuration's reconstruction
     (or, with ``errors``, its per-pixel absolute error averaged over RGB)."""
-    plt = _pyplot()
     originals, recons, labels = _pairs(run_dirs, n)
     if not originals:
         raise FeatinvError(f"{run_dirs[0]} has no saved pairs (results/original_0.png); train with --num-save > 0.")
-    cols = 1 + len(run_dirs)
+    titles = [f"{_model_label(r)}\n{r['layer_set']}" for r in rows]
+    suptitle = "per-pixel absolute error" if errors else "held-out images and their reconstructions (PSNR / SSIM)"
+    return image_grid(originals, titles, recons, labels, suptitle, errors=errors)
+
+
+def image_grid(
+    originals: Sequence[np.ndarray],
+    titles: Sequence[str],
+    columns: Sequence[Sequence[np.ndarray]],
+    labels: Sequence[Sequence[str]],
+    suptitle: str,
+    errors: bool = False,
+):
+    """Rows = images; the original, then one column per entry of ``columns`` (uint8 H×W×3 arrays,
+    labelled below by ``labels``), titled by ``titles``; with ``errors``, per-pixel |error| maps."""
+    plt = _pyplot()
+    cols = 1 + len(columns)
     fig, axes = plt.subplots(len(originals), cols, figsize=(2.1 * cols, 2.2 * len(originals)), squeeze=False,
                              layout="constrained")
     image = None
     for i, x in enumerate(originals):
         axes[i][0].imshow(x)
-        for j, r in enumerate(rows):
+        for j, title in enumerate(titles):
             ax = axes[i][j + 1]
             if errors:
-                err = np.abs(recons[j][i].astype(np.float32) - x.astype(np.float32)).mean(-1) / 255.0
+                err = np.abs(columns[j][i].astype(np.float32) - x.astype(np.float32)).mean(-1) / 255.0
                 image = ax.imshow(err, cmap="magma", vmin=0.0, vmax=0.5)
             else:
-                ax.imshow(recons[j][i])
+                ax.imshow(columns[j][i])
             ax.set_xlabel(labels[j][i], fontsize=7)
             if i == 0:
                 # wrapped to the column's width, so neighbouring titles never run into each other
-                ax.set_title(_wrap(f"{_model_label(r)}\n{r['layer_set']}", 24), fontsize=7)
+                ax.set_title(_wrap(title, 24), fontsize=7)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0][0].set_title("original", fontsize=8)
     if errors and image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="|error| (mean over RGB)")
-    fig.suptitle("per-pixel absolute error" if errors else "held-out images and their reconstructions (PSNR / SSIM)",
-                 fontsize=10)
+    fig.suptitle(suptitle, fontsize=10)
     return fig
 
 

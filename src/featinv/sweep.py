@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from . import report
-from .backbones import Classifier, get_spec, resolve_layers
+from .backbones import get_spec, resolve_layers
 from .config import BackboneConfig, RunConfig
-from .data import SkipLog, split_for_config
-from .evaluate import load_run, semantic_agreement
+from .evaluate import load_run, write_semantics
 from .train import train, validate_config
 from .utils import FeatinvError, atomic_write_text
 
@@ -145,14 +144,9 @@ def run_sweep(
             resume = (run_dir / "checkpoints" / "last.pt").is_file()
             if not resume and run_dir.exists():
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
-            train(entry_config(base, e), run_dir, resume=resume, command=command)
+            train(entry_config(base, e), run_dir, resume=resume, command=command, semantic=semantic)
         if semantic and e.weights != "random" and not (run_dir / "semantic.json").is_file():
-            run = load_run(run_dir, device=base.train.device)
-            d = run.config.data
-            _, val = split_for_config(d, SkipLog())
-            result = semantic_agreement(run, Classifier(e.backbone, e.weights, seed=base.train.seed), val,
-                                        batch_size=base.train.batch_size, num_workers=d.num_workers)
-            atomic_write_text(run_dir / "semantic.json", json.dumps(result, indent=2) + "\n")
+            write_semantics(load_run(run_dir, device=base.train.device))  # a run finished by an older version
     run_dirs = [out / "runs" / e.name for e in entries]
     rows = report.build_report(
         run_dirs, out / "report.html", figures_dir=out / "figures",

@@ -24,7 +24,7 @@ from .backbones import FeatureExtractor
 from .config import RunConfig, diff_configs, load_config, save_config
 from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
-from .evaluate import Evaluation, evaluate_loader, save_pairs, write_per_image
+from .evaluate import Evaluation, evaluate_loader, load_run, save_pairs, write_per_image, write_semantics
 from .losses import build_loss
 from .utils import (
     FeatinvError,
@@ -240,15 +240,20 @@ def train(
     resume: bool = False,
     command: Optional[str] = None,
     verbose: Optional[bool] = None,
+    semantic: bool = True,
 ) -> dict[str, Any]:
     """Train a decoder as ``cfg`` says, writing the run directory ``out``; returns its summary.
 
     ``command``: the command line that asked for it (shell-quoted), kept in ``commands.txt``
     and ``summary.json`` so that the run directory says how to reproduce it. ``verbose``: print
     the per-epoch messages when logging is not configured (None: in a notebook, where progress
-    bars show too)."""
+    bars show too). ``semantic``: with pretrained backbone weights, also score how often the
+    backbone's classifier agrees on original and reconstruction (``semantic.json``)."""
     with console_messages(verbose):
-        return _train(cfg, Path(out), resume, command)
+        summary = _train(cfg, Path(out), resume, command)
+        if semantic and cfg.backbone.weights != "random":
+            write_semantics(load_run(out, device=cfg.train.device))
+        return summary
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> dict[str, Any]:
