@@ -199,3 +199,23 @@ def test_feature_cache_needs_fixed_crops(samples, tmp_path):
     cfg.train.cache_features = True
     with pytest.raises(FeatinvError, match="--no-augment"):
         train(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "meta"])
+def test_a_damaged_cache_is_refused_in_one_sentence(samples, tmp_path, capsys, damage):
+    import json
+
+    prepare(samples / "val", tmp_path / "c", size=224, workers=1)
+    if damage == "truncated":
+        pixels = tmp_path / "c" / "images.u8"
+        pixels.write_bytes(pixels.read_bytes()[: 224 * 224 * 3 + 100])
+        words = "images.u8 holds"
+    else:
+        meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+        meta["n"] = 7
+        (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+        words = "does not match"
+    code = main(["train", "--data", str(tmp_path / "c"), "--val-data", str(samples / "val"),
+                 "--out", str(tmp_path / "r"), "--weights", "random"])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "prepare the cache again" in err and "Traceback" not in err

@@ -138,7 +138,7 @@ def _cli_argv(samples: Path, out: Path) -> list[str]:
     """The command-line twin of `conftest.tiny_config` (the session's `tiny_run`), with a
     checkpoint after every step."""
     return ["train", "--data", str(samples / "train"), "--val-data", str(samples / "val"), "--out", str(out),
-            "--weights", "random", "--width", "32", "--epochs", "2", "--batch-size", "3", "--lr", "3e-3",
+            "--weights", "random", "--decoder", "pyramid", "--width", "32", "--epochs", "2", "--batch-size", "3", "--lr", "3e-3",
             "--seed", "0", "--device", "cpu", "--workers", "0", "--num-save", "3", "--checkpoint-every", "1"]
 
 
@@ -296,7 +296,7 @@ def test_out_of_memory_suggests_a_smaller_batch(samples, tmp_path, monkeypatch, 
     def oom(self, features):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(decoders_module.PyramidDecoder, "forward", oom)
+    monkeypatch.setattr(decoders_module.LadderDecoder, "forward", oom)  # the default decoder
     argv = ["train", "--data", str(samples / "train"), "--val-data", str(samples / "val"), "--out",
             str(tmp_path / "r"), "--weights", "random", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
     assert main(argv) == 2
@@ -346,3 +346,19 @@ def test_resume_with_different_settings_is_refused(tiny_run, capsys):
 
     with pytest.raises(FeatinvError, match="backbone.layers"):
         check_output_dir(tiny_run, saved, resume=True)
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(samples, tmp_path, capsys, caplog):
+    out = tmp_path / "r"
+    argv = [*_cli_argv(samples, out)[:-2], "--epochs", "2", "--max-images", "6", "--checkpoint-every", "1"]
+    assert main(["-q", *argv]) == 0
+    last = out / "checkpoints" / "last.pt"
+    assert (out / "checkpoints" / "previous.pt").is_file()
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    code = main(["train", "--out", str(out), "--resume"])  # previous.pt: mid-epoch 2, one step before the end
+    err = capsys.readouterr().err + caplog.text
+    assert code == 0, err
+    assert "last.pt" in err and "resuming from" in err and "previous.pt" in err and "Traceback" not in err
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # epoch 2 finished again, every epoch once
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"

@@ -22,6 +22,10 @@ def __getattr__(name: str):
         from . import evaluate
 
         return getattr(evaluate, name)
+    if name == "train":  # the function; once the submodule is imported, the (callable) module itself
+        from .train import train
+
+        return train
     if name == "FeatureExtractor":
         from .backbones import FeatureExtractor
 
@@ -32,8 +36,3 @@ def __getattr__(name: str):
         return RunConfig
     raise AttributeError(f"module 'featinv' has no attribute {name!r}")
 
-
-# Eager, unlike the names above: the submodule featinv.train shares the function's name, and the
-# import system binds the *module* to `featinv.train` as soon as anything imports it, so a lazy
-# `featinv.train` would become uncallable. Importing it here binds the function last.
-from .train import train  # noqa: E402

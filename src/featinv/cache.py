@@ -59,10 +59,26 @@ def read_cache(path: Union[str, Path]) -> CacheInfo:
         raise FeatinvError(f"the cache in {root} is incomplete; run `featinv prepare` again with the same --out to finish it.")
     with open(root / "index.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    check_cache_files(root, meta, len(rows))
     return CacheInfo(
         root=root, size=meta["size"], n=len(rows), files=[r["file"] for r in rows],
         labels=[int(r["label"]) for r in rows], ok=[r["ok"] == "1" for r in rows], classes=meta.get("classes", []),
     )
+
+
+def check_cache_files(root: Path, meta: dict, n_index: int) -> None:
+    """A cache whose parts disagree (a truncated copy, a meta.json from another cache) is refused
+    in one sentence naming the file, before a worker reads past the end of the pixels."""
+    n, size = meta.get("n"), meta.get("size")
+    if not isinstance(n, int) or not isinstance(size, int) or n != n_index:
+        raise FeatinvError(f"{root / 'meta.json'} does not match {root / 'index.csv'} ({n} images vs {n_index} rows); "
+                           "prepare the cache again.")
+    pixels = root / "images.u8"
+    expected = n * size * size * 3
+    actual = pixels.stat().st_size if pixels.is_file() else 0
+    if actual != expected:
+        raise FeatinvError(f"{pixels} holds {actual} bytes, but {n} images of {size}×{size} need {expected}; "
+                           "the file is truncated or from another cache: prepare the cache again.")
 
 
 @lru_cache(maxsize=8)

@@ -20,7 +20,7 @@ from . import report
 from .backbones import get_spec, resolve_layers
 from .config import BackboneConfig, RunConfig
 from .evaluate import load_run, write_semantics
-from .train import train, validate_config
+from .train import has_checkpoint, train, validate_config
 from .utils import FeatinvError, atomic_write_text
 
 log = logging.getLogger("featinv")
@@ -141,7 +141,7 @@ def run_sweep(
             check_same_settings(run_dir, entry_config(base, e))
             log.info("already finished; skipping")
         else:
-            resume = (run_dir / "checkpoints" / "last.pt").is_file()
+            resume = has_checkpoint(run_dir)
             if not resume and run_dir.exists():
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
             train(entry_config(base, e), run_dir, resume=resume, command=command, semantic=semantic)

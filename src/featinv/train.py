@@ -7,11 +7,14 @@ import io
 import json
 import logging
 import math
+import os
 import platform
 import random
 import signal
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -182,6 +185,42 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path, fields: list[str]) ->
     atomic_write_text(path, buf.getvalue())
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints" / name).is_file() for name in ("last.pt", "previous.pt"))
+
+
+def save_last(state: dict, ckpt_dir: Path) -> None:
+    """Write ``last.pt``, keeping the one before it as ``previous.pt``: a damaged last.pt then
+    costs one checkpoint's worth of steps, not the run."""
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        os.replace(last, ckpt_dir / "previous.pt")
+    atomic_torch_save(state, last)
+
+
+def load_checkpoint(ckpt_dir: Path) -> dict:
+    """``last.pt``, or ``previous.pt`` (saying so) when last.pt is missing or cannot be read.
+    Loaded with weights_only=True: a checkpoint file can never run code."""
+    errors = []
+    for name in ("last.pt", "previous.pt"):
+        path = ckpt_dir / name
+        if not path.is_file():
+            errors.append(f"{path} is missing")
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling refusals and corrupt files alike
+            errors.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            continue
+        if errors:
+            log.warning("%s; resuming from %s, the checkpoint before it", errors[0], path)
+        return ckpt
+    raise FeatinvError(
+        "--resume: no checkpoint could be loaded as a plain checkpoint (loaded with weights_only=True, "
+        f"which never runs code from the file): {'; '.join(errors)}."
+    )
+
+
 def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
     """A new run needs a folder without a run in it; a resumed one, the same run's folder."""
     saved_path = out / "config.yaml"
@@ -193,7 +232,7 @@ def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out."
             )
         return
-    if not (out / "checkpoints" / "last.pt").is_file():
+    if not has_checkpoint(out):
         raise FeatinvError(f"--resume: {out} holds no checkpoint to resume; drop --resume to start a new run there.")
     changed = [k for k in diff_configs(load_config(saved_path).to_dict(), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
     if changed:
@@ -328,13 +367,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> d
     decay_start: Optional[int] = None
     decay_steps, converged = 0, False
     if resume:
-        try:
-            ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - unpickling refusals and corrupt files alike
-            raise FeatinvError(
-                f"--resume: cannot load {ckpt_dir / 'last.pt'} as a plain checkpoint "
-                f"(loaded with weights_only=True, which never runs code from the file): {str(e).splitlines()[0]}"
-            ) from None
+        ckpt = load_checkpoint(ckpt_dir)
         if ckpt["decoder_spec"] != decoder.spec:
             raise FeatinvError(
                 f"--resume: the checkpoint in {out} was built for another decoder, backbone or layer set "
@@ -443,7 +476,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> d
         # never checkpoint weights it touched.
         if not math.isfinite(total := float(loss_sum[0])):
             raise nonfinite(total, f"in epoch {epoch + 1} before step {step}")
-        atomic_torch_save(checkpoint(epoch, step), ckpt_dir / "last.pt")
+        save_last(checkpoint(epoch, step), ckpt_dir)
 
     from tqdm.auto import tqdm
 
@@ -567,7 +600,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> d
             state = checkpoint(epoch + 1, 0)
             if improved:
                 atomic_torch_save(state, ckpt_dir / "best.pt")
-            atomic_torch_save(state, ckpt_dir / "last.pt")
+            save_last(state, ckpt_dir)
             rows.append(row)
             _write_metrics(rows, metrics_path, fields)
             epoch_before = 0.0
@@ -669,3 +702,15 @@ def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> d
         ", ".join(f"{k} {v['psnr']:.2f} dB" for k, v in ev.reference.items()), out,
     )
     return summary
+
+
+class _CallableModule(types.ModuleType):
+    """``featinv.train`` names both this module and its main function; the import system binds the
+    module to the package attribute once anything imports it, so the module forwards calls to
+    the function and ``featinv.train(cfg, out)`` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
