@@ -257,7 +257,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    rows = build_report([Path(p) for p in args.paths], Path(args.out), title=args.title)
+    rows = build_report([Path(p) for p in args.paths], Path(args.out), title=args.title,
+                        figures_dir=Path(args.figures) if args.figures else None,
+                        info={"report command": args.command_line})
     print(f"wrote {args.out} ({len(rows)} configurations)")
 
 
@@ -360,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="run directories and/or sweep directories")
     p.add_argument("--out", required=True, help="HTML file to write")
     p.add_argument("--title", default="featinv report", help="page title")
+    p.add_argument("--figures", metavar="DIR", help="also write the figures as PNG files into DIR")
 
     p = sub.add_parser("backbones", help="list backbones, their taps and whether weights are present",
                        description="List every backbone with its stage taps (shapes at --image-size) and "
