@@ -362,3 +362,38 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(samples, tmp_p
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]  # epoch 2 finished again, every epoch once
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+# ── one process per run directory ───────────────────────────────────────────────────────────
+
+
+def test_a_second_process_on_the_same_run_is_refused_until_the_first_is_gone(samples, tmp_path):
+    out = tmp_path / "busy"
+    first = _start_and_wait_for_checkpoint(samples, out)
+    try:
+        lock = json.loads((out / ".lock").read_text())
+        assert lock["pid"] == first.pid and lock["host"]
+        second = subprocess.run([sys.executable, "-m", "featinv.cli", "train", "--out", str(out), "--resume"],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"another featinv process (PID {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the holder is dead: its lock is stale, and the run resumes and finishes
+    third = subprocess.run([sys.executable, "-m", "featinv.cli", "-q", "train", "--out", str(out), "--resume"],
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert not (out / ".lock").exists()  # released at the end
+
+
+def test_a_lock_from_another_host_is_reported_and_can_be_broken(samples, tmp_path, capsys):
+    out = tmp_path / "remote"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"host": "node-17", "pid": 4242, "start": "1", "time": time.time() - 7200}))
+    argv = [*_cli_argv(samples, out)[:-2], "--epochs", "1", "--max-images", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "host node-17" in err and "PID 4242" in err and "2.0 h ago" in err and "--break-lock" in err
+    assert main(["-q", *argv, "--break-lock"]) == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"

@@ -108,6 +108,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     _add_run_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over --out although a process on another host holds its lock (that run must be gone)")
 
 
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:
@@ -237,7 +239,7 @@ def _build_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
-    train(_build_config(args), args.out, resume=args.resume, command=args.command_line)
+    train(_build_config(args), args.out, resume=args.resume, command=args.command_line, break_lock=args.break_lock)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

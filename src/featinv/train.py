@@ -29,6 +29,7 @@ from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config,
 from .decoders import build_decoder, count_parameters
 from .evaluate import Evaluation, evaluate_loader, load_run, save_pairs, write_per_image, write_semantics
 from .losses import build_loss
+from .rundir import RunLock
 from .utils import (
     FeatinvError,
     atomic_torch_save,
@@ -280,6 +281,7 @@ def train(
     command: Optional[str] = None,
     verbose: Optional[bool] = None,
     semantic: bool = True,
+    break_lock: bool = False,
 ) -> dict[str, Any]:
     """Train a decoder as ``cfg`` says, writing the run directory ``out``; returns its summary.
 
@@ -287,8 +289,9 @@ def train(
     and ``summary.json`` so that the run directory says how to reproduce it. ``verbose``: print
     the per-epoch messages when logging is not configured (None: in a notebook, where progress
     bars show too). ``semantic``: with pretrained backbone weights, also score how often the
-    backbone's classifier agrees on original and reconstruction (``semantic.json``)."""
-    with console_messages(verbose):
+    backbone's classifier agrees on original and reconstruction (``semantic.json``).
+    ``break_lock``: take over a run directory locked by a process on another host."""
+    with console_messages(verbose), RunLock(Path(out), break_lock):
         summary = _train(cfg, Path(out), resume, command)
         if semantic and cfg.backbone.weights != "random":
             write_semantics(load_run(out, device=cfg.train.device))
