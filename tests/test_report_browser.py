@@ -33,9 +33,10 @@ def test_report_renders_with_every_image_loaded(tiny_sweep, browser, tmp_path):
     page.goto((out / "report.html").resolve().as_uri())
     page.wait_for_load_state("load")
     images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
-    assert len(images) == 4 + 2  # four figures, then each run's loss curve
+    assert len(images) == 4 + 2 * 2  # four figures, then each run's loss curve and best/worst images
     alts = page.evaluate("Array.from(document.images).map(i => i.alt)")
     assert any("learning curves" in a for a in alts) and sum("loss curve of" in a for a in alts) == 2
+    assert sum("best and worst images of" in a for a in alts) == 2
     assert all(done and w > 100 and h > 100 for done, w, h in images), images
     assert not failed
     assert "Results" in page.inner_text("body") and page.locator("table tr").count() >= 4

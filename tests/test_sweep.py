@@ -59,7 +59,7 @@ def test_report_command_rebuilds_the_page_from_runs(tiny_sweep, tmp_path):
     page = tmp_path / "r.html"
     assert main(["-q", "report", str(out / "runs" / "resnet50-random-layer1"), str(out), "--out", str(page)]) == 0
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == 4 + 3  # the figures, then the three runs' loss curves
+    assert text.count("data:image/png;base64,") == 4 + 3 * 2  # the figures, then each run's loss curve and best/worst
     assert text.count("<tr><td>resnet50 (random)</td>") == 3  # one run, then the sweep's two
 
 

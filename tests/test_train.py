@@ -19,7 +19,7 @@ from conftest import tiny_config
 RUN_FILES = [
     "config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
     "decoder.safetensors", "decoder.json", "figures/loss_curve.png", "results/comparison.png",
-    "results/per_image.csv",
+    "results/per_image.csv", "results/best_worst.png",
 ] + [f"results/{k}_{i}.png" for k in ("original", "reconstruction") for i in range(3)]
 
 

@@ -139,6 +139,41 @@ def save_pairs(ev: Evaluation, out: Path, title: str) -> None:
     )
 
 
+def save_extremes(
+    extractor: FeatureExtractor,
+    decoder: nn.Module,
+    records: Sequence[ImageRecord],
+    per_image: Sequence[dict[str, Any]],
+    out: Path,
+    device: torch.device,
+    image_size: int = 224,
+    resize: int = 256,
+    precision: str = "fp32",
+    k: int = 2,
+    title: str = "",
+) -> None:
+    """``results/best_worst.png``: the ``k`` best and ``k`` worst images by PSNR (best first),
+    reconstructed again: where a decoder succeeds and where it fails, not only the first few."""
+    ranked = sorted(per_image, key=lambda r: -r["psnr"])
+    files = list(dict.fromkeys([r["file"] for r in ranked[:k]] + [r["file"] for r in ranked[-k:]]))
+    by_name = {r.relpath: r for r in records}
+    recs = [by_name[f] for f in files if f in by_name]
+    if not recs:
+        return
+    batch = next(iter(make_loader(ImageDataset(recs, image_size, resize, train=False), len(recs), shuffle=False,
+                                  num_workers=0)))
+    if "image" not in batch:
+        return
+    decoder.eval()
+    y = reconstruct(extractor, decoder, to_float(batch["image"], device), precision)
+    score_of = {r["file"]: r for r in per_image}
+    best = {r["file"] for r in ranked[:k]}
+    labels = [f"{'best' if r.relpath in best else 'worst'}: {score_of[r.relpath]['psnr']:.2f} dB\n"
+              f"SSIM {score_of[r.relpath]['ssim']:.3f}" for r in recs]
+    report.comparison_figure(batch["image"], (y.float() * 255).round().to(torch.uint8).cpu(), labels,
+                             f"{title} — best and worst by PSNR", out / "results" / "best_worst.png")
+
+
 def write_per_image(rows: list[dict[str, Any]], path: Path) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["file", "mse", "psnr", "ssim"], lineterminator="\n")

@@ -411,9 +411,14 @@ def _paragraph(r: dict[str, Any]) -> str:
             f"{r['train_time_s']:.0f} s of training; converged: {html.escape(_converged(r))}.</p>")
 
 
-def _loss_curve(run_dir: Path) -> str:
-    path = Path(run_dir) / "figures" / "loss_curve.png"
-    return _img(path.read_bytes(), f"loss curve of {Path(run_dir).name}") if path.is_file() else ""
+def _run_figures(run_dir: Path) -> str:
+    """A run's own figures under its paragraph: its loss curve, its best and worst images."""
+    html_parts = []
+    for rel, alt in (("figures/loss_curve.png", "loss curve of"), ("results/best_worst.png", "best and worst images of")):
+        path = Path(run_dir) / rel
+        if path.is_file():
+            html_parts.append(_img(path.read_bytes(), f"{alt} {Path(run_dir).name}"))
+    return "".join(html_parts)
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -525,8 +530,9 @@ def build_report(
         "<h2>Reconstructions</h2>", _img(figures["grid"], "held-out images and reconstructions"),
         "<h2>Where information is lost</h2>", _img(figures["error_maps"], "per-pixel error maps"),
         "<h2>Per configuration</h2>",
-        "<p>Each run's own curves: train loss and val MSE (log scale), val PSNR on the right axis.</p>",
-        *[_paragraph(r) + _loss_curve(d) for r, d in zip(rows, run_dirs)],
+        "<p>Each run's own figures: train loss and val MSE (log scale) with val PSNR on the right axis; "
+        "then its two best and two worst validation images by PSNR.</p>",
+        *[_paragraph(r) + _run_figures(d) for r, d in zip(rows, run_dirs)],
         "</body></html>",
     ]
     atomic_write_text(out_html, "\n".join(page) + "\n")

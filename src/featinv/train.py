@@ -27,7 +27,15 @@ from .backbones import FeatureExtractor
 from .config import RunConfig, diff_configs, load_config, save_config
 from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
-from .evaluate import Evaluation, evaluate_loader, load_run, save_pairs, write_per_image, write_semantics
+from .evaluate import (
+    Evaluation,
+    evaluate_loader,
+    load_run,
+    save_extremes,
+    save_pairs,
+    write_per_image,
+    write_semantics,
+)
 from .losses import build_loss
 from .rundir import RunLock
 from .utils import (
@@ -657,6 +665,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> d
         title += "\n" + " ".join(cfg.notes)
     report.loss_curve(rows, title, out / "figures" / "loss_curve.png")
     save_pairs(ev, out, title + " — validation images")
+    save_extremes(extractor, scored, val_recs, ev.per_image, out, device, d.image_size, d.resize, precision, title=title)
     write_per_image(ev.per_image, out / "results" / "per_image.csv")
     if skips:
         report.write_skipped(skips.rows(), out / "skipped.csv")
