@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "ResNet-50's ImageNet weights if present, else EfficientNet-Lite0's (the offline extra), "
                        "else random weights, saying so loudly.")
     p.add_argument("--out", default="featinv-demo", help="output folder (default ./featinv-demo)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs of the short training run (default 30)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs of the short training run (default 15)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
     return parser
 

@@ -98,7 +98,7 @@ def depth_study(out: Path, device: str) -> list[dict[str, Any]]:
     return rows
 
 
-def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 30, device: str = "cpu") -> dict[str, Any]:
+def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 15, device: str = "cpu") -> dict[str, Any]:
     """The shipped decoders at every depth, then a short training run, on the bundled photos."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
