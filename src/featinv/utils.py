@@ -96,8 +96,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def in_notebook() -> bool:
-    """Running inside a Jupyter (IPython kernel) session."""
-    return "ipykernel" in sys.modules
+    """Running inside a Jupyter kernel (not merely with ipykernel importable or imported)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def progress_enabled() -> bool:
@@ -118,16 +120,14 @@ def console_messages(verbose: Optional[bool]) -> Iterator[None]:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    level, propagate = logger.level, logger.propagate
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False  # warnings would print twice through the root's handlers
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-        logger.propagate = propagate
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
