@@ -41,7 +41,7 @@ def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--upsample", choices=UPSAMPLERS, help=f"x2 up-sampling: resize (bilinear + conv), pixelshuffle "
                    f"(ICNR), convtranspose (pyramid only; leaves a checkerboard) (default {dec.upsample})")
     p.add_argument("--fusion", choices=FUSIONS, help=f"pyramid: how coarser maps join finer ones (default {dec.fusion})")
-    p.add_argument("--norm", choices=NORMS, help=f"pyramid: normalization after convolutions (default {dec.norm})")
+    p.add_argument("--norm", choices=NORMS, help=f"normalization after the decoder's convolutions (default {dec.norm})")
     terms = ", ".join(f"{k}={v:g}" for k, v in vars(LossConfig()).items() if isinstance(v, float) and v > 0)
     p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
                    help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: mse, l1, ssim, ms_ssim, "
