@@ -18,11 +18,7 @@ import torch
 from featinv.data import ImageDataset, find_images, sample_images_dir, to_float
 from featinv.evaluate import load_run
 from featinv.metrics import score
-from featinv.report import image_grid, save_figure
-
-
-def _uint8(x: torch.Tensor) -> list:
-    return [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy() for t in x]
+from featinv.report import image_grid, save_figure, uint8_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         s = score(y, xf)
         summary = json.loads((path / "summary.json").read_text())
         titles.append(f"{name} ({'+'.join(summary['layers'])})")
-        columns.append(_uint8(y))
+        columns.append(uint8_images(y))
         labels.append([f"{float(a):.1f} dB / {float(b):.2f}" for a, b in zip(s["psnr"], s["ssim"])])
-    fig = image_grid(_uint8(xf), titles, columns, labels,
+    fig = image_grid(uint8_images(xf), titles, columns, labels,
                      "decoders trained on ImageNet photos (efficientnet_lite0 features), on unseen bundled CC0 photos")
     save_figure(fig, Path(args.out))
     print(f"wrote {args.out}")

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
 import torch
 
 from . import report
@@ -65,10 +64,6 @@ def demo_config(backbone: str, weights: str, epochs: int, device: str) -> RunCon
     )
 
 
-def _uint8(x: torch.Tensor) -> list[np.ndarray]:
-    return [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy() for t in x]
-
-
 def depth_study(out: Path, device: str) -> list[dict[str, Any]]:
     """The shipped decoders on the bundled held-out photos: a table row and a figure column per depth."""
     from .pretrained import shipped_decoders
@@ -88,10 +83,10 @@ def depth_study(out: Path, device: str) -> list[dict[str, Any]]:
                      "thumb_psnr": float(t["psnr"].mean()), "thumb_ssim": float(t["ssim"].mean()),
                      "val_psnr_imagenet": run.summary["val"]["psnr"]})
         titles.append(f"{stage} (stride {stride})")
-        columns.append(_uint8(y))
+        columns.append(report.uint8_images(y))
         labels.append([f"{p:.1f} dB / {q:.2f}" for p, q in zip(s["psnr"].tolist(), s["ssim"].tolist())])
     fig = report.image_grid(
-        _uint8(x), titles, columns, labels,
+        report.uint8_images(x), titles, columns, labels,
         "What each depth of EfficientNet-Lite0 keeps: the shipped decoders on three held-out photos (PSNR / SSIM)",
     )
     report.save_figure(fig, out / "depths.png")

@@ -347,6 +347,11 @@ def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int
     return image_grid(originals, titles, recons, labels, suptitle, errors=errors)
 
 
+def uint8_images(x: torch.Tensor) -> list[np.ndarray]:
+    """B×3×H×W floats in [0,1] → H×W×3 uint8 arrays, as ``image_grid`` takes them."""
+    return [(t.detach().float().permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy() for t in x]
+
+
 def image_grid(
     originals: Sequence[np.ndarray],
     titles: Sequence[str],
