@@ -30,7 +30,7 @@ from .decoders import build_decoder, count_parameters
 from .evaluate import (
     Evaluation,
     evaluate_loader,
-    load_run,
+    Run,
     save_extremes,
     save_pairs,
     write_per_image,
@@ -300,13 +300,10 @@ def train(
     backbone's classifier agrees on original and reconstruction (``semantic.json``).
     ``break_lock``: take over a run directory locked by a process on another host."""
     with console_messages(verbose), RunLock(Path(out), break_lock):
-        summary = _train(cfg, Path(out), resume, command)
-        if semantic and cfg.backbone.weights != "random":
-            write_semantics(load_run(out, device=cfg.train.device))
-        return summary
+        return _train(cfg, Path(out), resume, command, semantic)
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> dict[str, Any]:
+def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str], semantic: bool) -> dict[str, Any]:
     out = Path(out)
     validate_config(cfg)
     check_output_dir(out, cfg, resume)
@@ -652,6 +649,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, command: Optional[str]) -> d
             precision=precision, channels_last=cl,
         )
     export_decoder(scored, extractor, cfg, out)
+    if semantic and cfg.backbone.weights != "random":  # the models in memory, not a second load from disk
+        write_semantics(Run(out, cfg, extractor, scored, device, {}, precision))
     # Center crops of as many training photos as there are val photos, scored the same way:
     # the gap between the two shows how much the decoder overfits.
     fit_recs = train_recs[: len(val_recs)]
