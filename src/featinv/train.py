@@ -233,8 +233,6 @@ def load_checkpoint(ckpt_dir: Path) -> dict:
 def check_output_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
     """A new run needs a folder without a run in it; a resumed one, the same run's folder."""
     saved_path = out / "config.yaml"
-    if out.exists() and not out.is_dir():
-        raise FeatinvError(f"--out {out} is a file, not a folder; choose another --out.")
     if not resume:
         if saved_path.is_file():
             raise FeatinvError(
