@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from featinv.backbones import get_spec
+from featinv.cli import apply_set
 from featinv.config import RunConfig
 from featinv.data import ImageDataset, SkipLog, find_images, make_loader, split_for_config, to_float, usable_records
 from featinv.evaluate import evaluate_run
 from featinv.metrics import MeanAccumulator, bicubic_thumbnail, score
-from featinv.report import run_completed
+from featinv.rundir import RunDir
 from featinv.sweep import check_same_settings
 from featinv.train import train
 
@@ -68,27 +68,21 @@ def run_config(name: str, layers: list[str], args: argparse.Namespace) -> RunCon
     cfg.train.num_save = 8
     cfg.notes = [f"bench/quality.py configuration {name}"]
     if args.set:
-        d = cfg.to_dict()
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            section, _, field = key.partition(".")
-            if not sep or not isinstance(d.get(section), dict) or field not in d[section]:
-                raise SystemExit(f"--set takes SECTION.KEY=VALUE with a key of config.yaml, got {item!r}.")
-            if section == "decoder" and name == "seed":
-                continue  # the seed decoder has no knobs
-            d[section][field] = yaml.safe_load(value)
-        cfg = RunConfig.from_dict(d)
+        # the seed decoder has no knobs: decoder settings apply to the other configurations
+        items = [i for i in args.set if not (name == "seed" and i.startswith("decoder."))]
+        cfg = apply_set(cfg, items)
         cfg.notes.append("with " + " ".join(args.set))
     return cfg
 
 
 def train_or_reuse(cfg: RunConfig, out: Path) -> dict:
     """A finished run with exactly these settings is reused; anything else in ``out`` is refused."""
-    if run_completed(out):
+    run = RunDir(out)
+    if run.completed():
         check_same_settings(out, cfg, ignored=frozenset())
         logging.info("reusing %s", out)
-        return json.loads((out / "summary.json").read_text())
-    if (out / "config.yaml").is_file():
+        return run.read_summary()
+    if run.has_config():
         raise SystemExit(f"{out} holds an unfinished run; remove it or choose another --out.")
     return train(cfg, out)
 
@@ -191,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_images": s["val_images"], "train_images": s["train_images"], "device": s["device"],
             "precision": s["precision"], "load_at_start": round(load0, 2),
         })
-    last_ckpt = torch.load(out / configs[0][0] / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    mean_image = (last_ckpt["mean_sum"] / max(1, last_ckpt["mean_n"])).float()
+    mean_image = RunDir(out / configs[0][0]).mean_image()
     base = run_config(configs[0][0], configs[0][1], args)
     refs = references(base, mean_image)
     test_refs = references(base, mean_image, args.test_data) if args.test_data else {}
@@ -226,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if diffs:
         lines += ["", "Paired differences on the val images (per-image PSNR, 95% bootstrap interval over images):", ""]
     for a, b in diffs:
-        m, lo, hi = paired_bootstrap(per_image_psnr(out / a / "results" / "per_image.csv"),
-                                     per_image_psnr(out / b / "results" / "per_image.csv"))
+        m, lo, hi = paired_bootstrap(per_image_psnr(RunDir(out / a).per_image_path),
+                                     per_image_psnr(RunDir(out / b).per_image_path))
         lines.append(f"- {a} − {b}: {m:+.2f} dB [{lo:+.2f}, {hi:+.2f}]")
     lines.append("")
     lines.append(f"total wall time of this invocation {(time.perf_counter() - t0) / 60:.1f} min")

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,78 +31,32 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from original import OriginalLoop, featinv_backbone, image_folder  # noqa: E402
 from quality import DEFAULT_DATA, layers_for, run_config, train_or_reuse  # noqa: E402
 
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
 def original_loop(train_files: list[Path], backbone: str, weights: str, minutes: float, fixed_targets: bool,
-                  device: torch.device, seed: int = 0):
-    """Train (a) for ``minutes``; returns the backbone (normalizing), decoder and what it did."""
-    import torchvision
-    from torch.utils.data import DataLoader
-    from torchvision import transforms
-
-    from featinv.backbones import build_backbone, get_spec
-    from featinv.decoders import SeedDecoder
-
-    spec = get_spec(backbone)
-    torch.manual_seed(seed)
-    model, _ = build_backbone(backbone, weights, seed)
-    model = model.to(device).eval()
-    captured: dict[str, torch.Tensor] = {}
-    for stage, node in spec.taps.items():
-        model.get_submodule(node).register_forward_hook(lambda m, i, o, stage=stage: captured.__setitem__(stage, o))
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 224, 224, device=device))
-    shapes = {k: tuple(v.shape[1:]) for k, v in captured.items()}
-    decoder = SeedDecoder(shapes).to(device)
-    opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
-    to_backbone = transforms.Normalize(list(spec.mean), list(spec.std))
-    imagenet_norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "train" / "all"  # ImageFolder needs a class level
-        folder.mkdir(parents=True)
-        for f in train_files:
-            (folder / f.name).symlink_to(f.resolve())
-        loader = DataLoader(torchvision.datasets.ImageFolder(str(folder.parent), transform=tf), batch_size=8,
-                            shuffle=True, num_workers=0)
-        budget, spent, steps, images, epochs = minutes * 60, 0.0, 0, 0, 0
-        t = time.perf_counter()
-        while spent < budget:
-            epochs += 1
-            for x, _ in loader:
-                x = x.to(device)
-                with torch.no_grad():
-                    model(to_backbone(x))
-                target = x if fixed_targets else imagenet_norm(x)
-                loss = torch.nn.functional.mse_loss(decoder(dict(captured)), target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                loss.item()  # the original logged every step
-                steps += 1
-                images += len(x)
-                spent = time.perf_counter() - t
-                if spent >= budget:
-                    break
-    return model, captured, to_backbone, decoder, {"steps": steps, "images": images, "epochs": epochs, "train_s": spent}
+                  device: torch.device, seed: int = 0) -> tuple[OriginalLoop, dict]:
+    """Train (a) (bench/original.py) for ``minutes`` of training passes; returns it and what it did."""
+    loop = featinv_backbone(backbone, weights, device, seed)
+    loop.fixed = fixed_targets
+    t = time.perf_counter()
+    with image_folder(train_files) as root:
+        info = loop.run(root, lambda _steps: time.perf_counter() - t >= minutes * 60)
+    return loop, {**info, "train_s": time.perf_counter() - t}
 
 
-def score_original(model, captured, to_backbone, decoder, cfg, device) -> dict[str, float]:
+def score_original(loop: OriginalLoop, cfg, device) -> dict[str, float]:
     from featinv.data import ImageDataset, SkipLog, make_loader, split_for_config, to_float
     from featinv.metrics import MeanAccumulator, score
 
     _, val_recs = split_for_config(cfg.data, SkipLog())
     loader = make_loader(ImageDataset(val_recs, 224, 256, train=False), 16, shuffle=False)
     acc = MeanAccumulator()
-    decoder.eval()
-    with torch.no_grad():
-        for batch in loader:
-            x = to_float(batch["image"], device)
-            model(to_backbone(x))
-            acc.add(score(decoder(dict(captured)).clamp(0, 1), x))
+    loop.decoder.eval()
+    for batch in loader:
+        x = to_float(batch["image"], device)
+        with torch.no_grad():
+            acc.add(score(loop.reconstruct(x).clamp(0, 1), x))
     return acc.result()
 
 
@@ -134,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # (c): exactly bench/quality.py's `all` configuration at this budget (the package defaults)
     ns = argparse.Namespace(data=args.cache or str(data), split_file=split, max_images=None, backbone=args.backbone,
-                            weights=args.weights, epochs=1000, minutes=args.minutes, device=args.device, set=None)
+                            weights=args.weights, epochs=1000, minutes=args.minutes, device=args.device, set=None,
+                            extra_data=[])
     cfg = run_config("all", layers_for("all", args.backbone), ns)
     from featinv.config import DataConfig
 
@@ -149,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(("(a') original loop, [0,1] targets", True))
     for label, fixed in variants:
         logging.info("training %s for %g min", label, args.minutes)
-        model, captured, norm, decoder, info = original_loop(train_files, args.backbone, args.weights, args.minutes, fixed, device)
-        m = score_original(model, captured, norm, decoder, cfg, device)
+        loop, info = original_loop(train_files, args.backbone, args.weights, args.minutes, fixed, device)
+        m = score_original(loop, cfg, device)
         rows.append({"variant": label, **m, **info})
     logging.info("training (c) featinv default for %g min", args.minutes)
     s = train_or_reuse(cfg, Path(args.c_run) if args.c_run else out / "c")

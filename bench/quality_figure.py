@@ -10,7 +10,6 @@ can live in the repository.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -18,7 +17,8 @@ import torch
 from featinv.data import ImageDataset, find_images, sample_images_dir, to_float
 from featinv.evaluate import load_run
 from featinv.metrics import score
-from featinv.report import image_grid, save_figure, uint8_images
+from featinv.rundir import RunDir
+from featinv.figures import image_grid, save_figure, uint8_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     titles, columns, labels = [], [], []
     for name in args.configs:
         path = Path(args.runs) / name
-        if not (path / "summary.json").is_file():
+        if not RunDir(path).summary_path.is_file():
             continue
         run = load_run(path, device="cpu")
         with torch.no_grad():
             y = run.reconstruct(xf).float().clamp(0, 1)
         s = score(y, xf)
-        summary = json.loads((path / "summary.json").read_text())
+        summary = RunDir(path).read_summary()
         titles.append(f"{name} ({'+'.join(summary['layers'])})")
         columns.append(uint8_images(y))
         labels.append([f"{float(a):.1f} dB / {float(b):.2f}" for a, b in zip(s["psnr"], s["ssim"])])

@@ -15,12 +15,11 @@ replaced by where the photos came from.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-import yaml
-from safetensors.torch import load_file, save_file
+from featinv.rundir import RunDir
+
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE.parent / "src" / "featinv" / "assets" / "decoders"
@@ -33,25 +32,25 @@ KEEP_SUMMARY = ("featinv_version", "torch_version", "backbone", "layers", "strid
 def ship(bench_out: Path, target: Path = TARGET) -> list[Path]:
     written = []
     for config, stage in STAGES.items():
-        src = bench_out / config
-        summary = json.loads((src / "summary.json").read_text())
+        src = RunDir(bench_out / config)
+        summary = src.read_summary()
         if summary.get("status") != "completed" or summary["backbone"]["backbone"] != "efficientnet_lite0":
             raise SystemExit(f"{src} is not a finished efficientnet_lite0 run.")
-        dst = target / f"efficientnet_lite0-{stage}"
-        if dst.exists():
-            shutil.rmtree(dst)
-        dst.mkdir(parents=True)
-        cfg = yaml.safe_load((src / "config.yaml").read_text())
-        cfg["data"].update(data="imagenet-sample (../shared/data/imagenet-sample), train split of split.csv",
-                           split_file="split.csv", val_data=None, extra_data=[])
-        (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        shutil.copy(src / "decoder.json", dst / "decoder.json")
-        shutil.copy(src / "metrics.csv", dst / "metrics.csv")
-        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src / "decoder.safetensors")).items()}
-        save_file(tensors, str(dst / "decoder.safetensors"))
+        dst = RunDir(target / f"efficientnet_lite0-{stage}")
+        if dst.path.exists():
+            shutil.rmtree(dst.path)
+        dst.path.mkdir(parents=True)
+        cfg = src.read_config()
+        cfg.data.data = "imagenet-sample (../shared/data/imagenet-sample), train split of split.csv"
+        cfg.data.split_file, cfg.data.val_data, cfg.data.extra_data = "split.csv", None, []
+        dst.write_config(cfg)
+        dst.write_metrics(src.read_metrics(), list(src.read_metrics()[0]))
+        meta, tensors = src.read_decoder()
+        meta.pop("format", None)  # written again by write_decoder
+        dst.write_decoder({k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}, meta)
         kept = {k: summary[k] for k in KEEP_SUMMARY if k in summary}
-        (dst / "summary.json").write_text(json.dumps({"status": "completed", **kept}, indent=2) + "\n")
-        written.append(dst)
+        dst.write_summary({"status": "completed", **kept})
+        written.append(dst.path)
     return written
 
 

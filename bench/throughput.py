@@ -19,7 +19,6 @@ step is compared with the practical peak of a large matmul measured in the same 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing as mp
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench/original.py
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
 BACKBONE_LAYERS = {"layer1.2.relu": "layer1", "layer2.3.relu": "layer2", "layer3.5.relu": "layer3", "layer4.2.relu": "layer4"}
 
@@ -43,50 +43,30 @@ def _peak_memory(device: torch.device) -> float:
 
 
 def original_loop(folder: str, device_name: str, warmup: int, steps: int, out: mp.Queue) -> None:
-    """(a) The original training loop, as its README and code describe it."""
+    """(a) The original training loop (bench/original.py), timed after ``warmup`` steps."""
     import torchvision
-    from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from featinv.decoders import SeedDecoder
+    from original import IMAGENET_MEAN, IMAGENET_STD, OriginalLoop
 
     device = torch.device(device_name)
-    tf = transforms.Compose([
-        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
-    loader = DataLoader(torchvision.datasets.ImageFolder(folder, transform=tf), batch_size=8, shuffle=True, num_workers=0)
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).to(device).eval()  # same compute as the pretrained one
-    captured: dict[str, torch.Tensor] = {}
-    for name, key in BACKBONE_LAYERS.items():
-        model.get_submodule(name).register_forward_hook(lambda m, i, o, key=key: captured.__setitem__(key, o))
-    shapes = {"layer1": (256, 56, 56), "layer2": (512, 28, 28), "layer3": (1024, 14, 14), "layer4": (2048, 7, 7)}
-    decoder = SeedDecoder(shapes).to(device)
-    opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
-    loss_fn = torch.nn.MSELoss()
-    done, t0, images = 0, None, 0
-    while done < warmup + steps:
-        for x, _ in loader:
-            if done == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0, images = time.perf_counter(), 0
-            x = x.to(device)
-            with torch.no_grad():
-                model(x)
-            loss = loss_fn(decoder(dict(captured)), x)  # the original's targets: normalized images
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss.item()  # the original logged the loss every step
-            done += 1
-            images += len(x)
-            if done >= warmup + steps:
-                break
+    model = torchvision.models.resnet50(weights=None)  # same compute as the pretrained one
+    loop = OriginalLoop(model, {key: node for node, key in BACKBONE_LAYERS.items()},
+                        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD), device)
+    clock = {"t0": 0.0}
+
+    def stop(done: int) -> bool:
+        if done == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            clock["t0"] = time.perf_counter()
+        return done >= warmup + steps
+
+    loop.run(folder, stop)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    out.put({"images_per_s": images / (time.perf_counter() - t0), "peak_mib": _peak_memory(device)})
+    out.put({"images_per_s": 8 * steps / (time.perf_counter() - clock["t0"]), "peak_mib": _peak_memory(device)})
 
 
 def featinv_run(cache: str, val: str, decoder: str, device_name: str, batch: int, epochs: int, precision: str,
@@ -95,6 +75,7 @@ def featinv_run(cache: str, val: str, decoder: str, device_name: str, batch: int
     import logging
 
     from featinv.config import BackboneConfig, DataConfig, DecoderConfig, RunConfig, TrainConfig
+    from featinv.rundir import RunDir
     from featinv.train import train
 
     logging.basicConfig(level=logging.WARNING)
@@ -106,8 +87,7 @@ def featinv_run(cache: str, val: str, decoder: str, device_name: str, batch: int
                           checkpoint_every=0, cache_features=cache_features),
     )
     summary = train(cfg, run_dir)
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = RunDir(run_dir).read_metrics()
     out.put({"images_per_s": float(rows[-1]["train_images_per_s"]), "peak_mib": _peak_memory(torch.device(device_name)),
              "precision": summary["precision"]})
 

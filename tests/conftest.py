@@ -34,8 +34,10 @@ def flat_folder(tmp_path: Path, samples: Path) -> Path:
 
 
 def tiny_config(data: Path, val: Path, epochs: int = 2, **train_kw):
+    """fp32, so that the suite's numbers do not depend on whether this CPU has bf16."""
     from featinv.config import BackboneConfig, DataConfig, DecoderConfig, RunConfig, TrainConfig
 
+    train_kw = {"precision": "fp32", **train_kw}
     return RunConfig(
         data=DataConfig(data=str(data), val_data=str(val), num_workers=0),
         backbone=BackboneConfig(name="resnet50", weights="random"),
@@ -66,3 +68,51 @@ def tiny_sweep(tmp_path_factory, samples: Path):
             "--num-save", "2", "--workers", "0", "--device", "cpu"]
     assert main(argv) == 0
     return out, argv
+
+
+def resume_counting_steps(out: Path):
+    """Resume the run in ``out`` as `featinv train --out OUT --resume` does; returns its summary and
+    the number of training steps this session ran."""
+    from featinv.rundir import RunDir
+    from featinv.train import Trainer
+
+    class Counting(Trainer):
+        steps = 0
+
+        def train_step(self, *args, **kwargs):
+            Counting.steps += 1
+            return super().train_step(*args, **kwargs)
+
+    summary = Counting(RunDir(out).read_config(), out, resume=True).fit()
+    return summary, Counting.steps
+
+
+def read_rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_run(a_dir: Path, b_dir: Path) -> None:
+    """A resumed run ends as the uninterrupted one: weights, optimizer state, and the summary's
+    mean-image reference, best epoch and val scores."""
+    import json
+
+    import pytest
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(a_dir / "decoder.safetensors")), load_file(str(b_dir / "decoder.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    oa = torch.load(a_dir / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    ob = torch.load(b_dir / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    assert oa["state"].keys() == ob["state"].keys()
+    for i in oa["state"]:
+        for k, v in oa["state"][i].items():
+            assert torch.allclose(v.float(), ob["state"][i][k].float(), rtol=1e-4, atol=1e-6), (i, k)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a_dir, b_dir))
+    assert sa["reference"]["mean_image"] == pytest.approx(sb["reference"]["mean_image"], rel=1e-6)
+    assert sa["best_epoch"] == sb["best_epoch"]
+    assert sa["val"] == pytest.approx(sb["val"], rel=1e-4, abs=1e-6)

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-import featinv.train as train_module
-from featinv.train import plateau_factor, plateaued, train
+from featinv.schedule import plateau_factor, plateaued
+from featinv.train import Trainer
 
 from conftest import tiny_config
 
@@ -31,26 +31,25 @@ def test_plateau_schedule_warms_up_holds_then_decays_to_zero():
     assert all(a >= b for a, b in zip(g[40:], g[41:]))
 
 
-def _scripted_validation(monkeypatch, psnrs):
-    """The loop's validation returns these val PSNRs, epoch after epoch (the rest is real)."""
-    real = train_module.evaluate_loader
+def _scripted(psnrs):
+    """A trainer whose validation reports these val PSNRs, epoch after epoch (the rest is real)."""
     calls = iter(psnrs)
 
-    def scripted(*args, **kwargs):
-        ev = real(*args, **kwargs)
-        if kwargs.get("desc") == "validate":
+    class Scripted(Trainer):
+        def validate(self, final):
+            ev = super().validate(final)
             ev.metrics["psnr"] = next(calls)
-        return ev
+            return ev
 
-    monkeypatch.setattr(train_module, "evaluate_loader", scripted)
+    return lambda cfg, out, resume=False: Scripted(cfg, out, resume).fit()
 
 
 def _lrs(out):
     return [float(r["lr"]) for r in csv.DictReader(open(out / "metrics.csv"))]
 
 
-def test_a_flat_run_stops_converged_after_its_decay(monkeypatch, samples, tmp_path):
-    _scripted_validation(monkeypatch, [10.0, 11.0, 11.02, 11.01, 11.03] + [11.0] * 20)
+def test_a_flat_run_stops_converged_after_its_decay(samples, tmp_path):
+    train = _scripted([10.0, 11.0, 11.02, 11.01, 11.03] + [11.0] * 20)
     cfg = tiny_config(samples / "train", samples / "val", epochs=20, schedule="plateau", plateau_epochs=3,
                       plateau_db=0.1, decay_epochs=2, warmup_epochs=0.0)
     cfg.data.max_images, cfg.train.batch_size = 3, 1
@@ -61,8 +60,8 @@ def test_a_flat_run_stops_converged_after_its_decay(monkeypatch, samples, tmp_pa
     assert lrs[:5] == [cfg.train.lr] * 5 and lrs[5] < cfg.train.lr and lrs[6] < 0.1 * cfg.train.lr
 
 
-def test_a_rising_run_runs_to_its_cap_flagged_not_converged(monkeypatch, samples, tmp_path):
-    _scripted_validation(monkeypatch, [10.0 + i for i in range(20)])
+def test_a_rising_run_runs_to_its_cap_flagged_not_converged(samples, tmp_path):
+    train = _scripted([10.0 + i for i in range(20)])
     cfg = tiny_config(samples / "train", samples / "val", epochs=6, schedule="plateau", plateau_epochs=3,
                       plateau_db=0.1, decay_epochs=2, warmup_epochs=0.0)
     cfg.data.max_images, cfg.train.batch_size = 3, 1
@@ -74,8 +73,8 @@ def test_a_rising_run_runs_to_its_cap_flagged_not_converged(monkeypatch, samples
     assert s["train_eval"]["n_images"] == min(3, s["val_images"])  # scored on as many train photos as possible
 
 
-def test_a_converged_run_resumed_does_not_train_again(monkeypatch, samples, tmp_path):
-    _scripted_validation(monkeypatch, [10.0, 10.0, 10.0, 10.0] + [10.0] * 10)
+def test_a_converged_run_resumed_does_not_train_again(samples, tmp_path):
+    train = _scripted([10.0, 10.0, 10.0, 10.0] + [10.0] * 10)
     cfg = tiny_config(samples / "train", samples / "val", epochs=20, schedule="plateau", plateau_epochs=2,
                       plateau_db=0.1, decay_epochs=1, warmup_epochs=0.0)
     cfg.data.max_images = 3

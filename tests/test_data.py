@@ -81,8 +81,27 @@ def test_every_mode_decodes_to_rgb(tmp_path, mode):
     img.save(path)
     out = load_image(path)
     assert out.mode == "RGB" and out.size == (240, 230)
+    got = np.asarray(out)
     if mode == "I;16":  # scaled by the 16-bit range, not clipped at 255
-        assert np.array_equal(np.asarray(out)[..., 0], np.asarray(base.convert("L")))
+        assert np.array_equal(got[..., 0], np.asarray(base.convert("L")))
+    elif mode == "P":  # the palette's colours, pixel for pixel
+        assert np.array_equal(got, np.asarray(img.convert("RGB")))
+    elif mode == "LA":  # opaque gray: the gray value in every channel
+        assert all(np.array_equal(got[..., c], np.asarray(base.convert("L"))) for c in range(3))
+
+
+def _smooth(size=(240, 230)) -> Image.Image:
+    """Gradients, so that a JPEG's loss stays small against the differences a bug makes."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    return Image.fromarray(np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (w + h) + 64], -1).astype(np.uint8))
+
+
+def test_a_cmyk_jpeg_keeps_its_colours(tmp_path):
+    base = _smooth()
+    base.convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    err = np.abs(np.asarray(load_image(tmp_path / "c.jpg"), dtype=np.float32) - np.asarray(base, dtype=np.float32))
+    assert err.mean() < 3.0  # inverted channels or a dropped K would be off by ~100
 
 
 def test_transparent_pixels_become_white(tmp_path):
@@ -95,8 +114,16 @@ def test_exif_orientation_is_applied(tmp_path):
     img = _rgb(2, (300, 240))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display
-    img.save(tmp_path / "r.jpg", exif=exif)
-    assert load_image(tmp_path / "r.jpg").size == (240, 300)
+    img.save(tmp_path / "r.png", exif=exif)  # PNG: lossless, so pixels compare exactly
+    out = np.asarray(load_image(tmp_path / "r.png"))
+    assert out.shape == (300, 240, 3)
+    assert np.array_equal(out, np.rot90(np.asarray(img), k=-1))  # clockwise, as a viewer shows it
+
+
+def test_preprocess_takes_the_center_crop():
+    img = _rgb(5, (320, 256))  # short side already 256: no resize, so the crop is a plain slice
+    x = preprocess(img, image_size=224, resize=256)
+    assert torch.equal(x, torch.from_numpy(np.array(img)[16:240, 48:272]).permute(2, 0, 1))
 
 
 def test_preprocess_center_crops_and_upscales_small_images():

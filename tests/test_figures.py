@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from featinv import report
+from featinv import figures, report
 
 
 def _overlaps(a, b) -> bool:
@@ -39,7 +39,7 @@ LONG_TITLE = ("efficientnet_lite0 (imagenet weights), stage1+stage2+stage3+stage
 def test_comparison_figure_keeps_a_long_title_above_the_images():
     assert len(LONG_TITLE) >= 200
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    fig = report.comparison_fig(x, x, [f"{i} dB" for i in range(4)], LONG_TITLE)
+    fig = figures.comparison_fig(x, x, [f"{i} dB" for i in range(4)], LONG_TITLE)
     assert _titles_clear_of_images(fig) == []
 
 

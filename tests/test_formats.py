@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import featinv
@@ -43,3 +44,32 @@ def test_a_0_1_0_run_resumes_for_one_more_epoch(old_run):
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert rows[:2] == before  # the earlier session's rows are kept as they were
     assert json.loads((old_run / "summary.json").read_text())["epochs_run"] == 3
+
+
+def test_files_written_now_carry_their_format(old_run):
+    assert main(["-q", "train", "--out", str(old_run), "--resume", "--epochs", "3"]) == 0
+    assert yaml.safe_load((old_run / "config.yaml").read_text())["format"] == 2
+    assert json.loads((old_run / "decoder.json").read_text())["format"] == 2
+    assert torch.load(old_run / "checkpoints" / "last.pt", weights_only=True)["format"] == 2
+
+
+@pytest.mark.parametrize("which", ["config", "decoder", "checkpoint"])
+def test_a_newer_format_is_refused_in_one_sentence_naming_it(old_run, capsys, which):
+    if which == "config":
+        cfg = yaml.safe_load((old_run / "config.yaml").read_text())
+        (old_run / "config.yaml").write_text(yaml.safe_dump({"format": 99, **cfg}, sort_keys=False))
+        argv = ["evaluate", str(old_run)]
+    elif which == "decoder":
+        meta = json.loads((old_run / "decoder.json").read_text())
+        (old_run / "decoder.json").write_text(json.dumps({**meta, "format": 99}))
+        argv = ["evaluate", str(old_run)]
+    else:
+        for name in ("last.pt", "previous.pt"):
+            path = old_run / "checkpoints" / name
+            if path.is_file():
+                torch.save({**torch.load(path, weights_only=True), "format": 99}, path)
+        argv = ["train", "--out", str(old_run), "--resume", "--epochs", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("featinv: error:") and "format 99" in err[-1] and "newer featinv" in err[-1]
+    assert not any("Traceback" in line for line in err)

@@ -7,7 +7,7 @@ from featinv import metrics as M
 from featinv.backbones import FeatureExtractor
 from featinv.decoders import build_decoder
 from featinv.evaluate import reconstruct
-from featinv.train import train
+from featinv.train import Trainer
 from featinv.utils import FeatinvError, cpu_has_native_bf16, resolve_precision
 
 from conftest import tiny_config
@@ -52,10 +52,26 @@ def test_precision_choices():
         resolve_precision("fp8", cpu)
 
 
-def test_training_in_bf16_runs_and_is_recorded(samples, tmp_path):
+class DtypeSpy(Trainer):
+    """Records the dtype a convolution of the decoder computes in, inside each training step."""
+
+    def train_step(self, x, index, step):
+        conv = next(m for m in self.state.decoder.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = conv.register_forward_hook(lambda m, i, o: self.dtypes.append(o.dtype))
+        try:
+            return super().train_step(x, index, step)
+        finally:
+            hook.remove()
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_training_steps_run_in_the_chosen_precision(samples, tmp_path, precision, dtype):
     cfg = tiny_config(samples / "train", samples / "val", epochs=1)
     cfg.data.max_images = 3
-    cfg.train.precision = "bf16"
-    summary = train(cfg, tmp_path / "run")
-    assert summary["precision"] == "bf16" and summary["channels_last"] is True
+    cfg.train.precision = precision
+    trainer = DtypeSpy(cfg, tmp_path / "run")
+    trainer.dtypes = []
+    summary = trainer.fit()
+    assert trainer.dtypes and set(trainer.dtypes) == {dtype}  # autocast really ran (or really did not)
+    assert summary["precision"] == precision and summary["channels_last"] is True
     assert summary["val"]["psnr"] > 5

@@ -15,16 +15,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-import featinv.data as data_module
 import featinv.decoders as decoders_module
 import featinv.losses as losses_module
 import featinv.utils as utils_module
 from featinv.cli import main
 from featinv.utils import FeatinvError, atomic_torch_save, atomic_write_text
 
-from conftest import tiny_config
+from conftest import assert_same_run, read_rows, resume_counting_steps, tiny_config
 
 
 def _photo(seed: int, size=(300, 240)) -> Image.Image:
@@ -84,14 +82,14 @@ def bad_corpus(tmp_path, monkeypatch, samples):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # the others have at most 98,304 pixels
     if os.geteuid() == 0:
         # root reads any file whatever its mode, so refuse this one the way the OS would.
-        real_open = data_module.Image.open
+        real_open = Image.open
 
         def open_as_user(fp, *a, **k):
             if str(fp).endswith("locked.png"):
                 raise PermissionError(errno.EACCES, "Permission denied", str(fp))
             return real_open(fp, *a, **k)
 
-        monkeypatch.setattr(data_module.Image, "open", open_as_user)
+        monkeypatch.setattr(Image, "open", open_as_user)
     return root
 
 
@@ -139,7 +137,8 @@ def _cli_argv(samples: Path, out: Path) -> list[str]:
     checkpoint after every step."""
     return ["train", "--data", str(samples / "train"), "--val-data", str(samples / "val"), "--out", str(out),
             "--weights", "random", "--decoder", "pyramid", "--width", "32", "--epochs", "2", "--batch-size", "3", "--lr", "3e-3",
-            "--seed", "0", "--device", "cpu", "--workers", "0", "--num-save", "3", "--checkpoint-every", "1"]
+            "--seed", "0", "--device", "cpu", "--workers", "0", "--num-save", "3", "--checkpoint-every", "1",
+            "--precision", "fp32"]
 
 
 def _start_and_wait_for_checkpoint(samples: Path, out: Path) -> subprocess.Popen:
@@ -154,11 +153,20 @@ def _start_and_wait_for_checkpoint(samples: Path, out: Path) -> subprocess.Popen
     return proc
 
 
-def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
-    a, b = load_file(str(a_dir / "decoder.safetensors")), load_file(str(b_dir / "decoder.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), k
+STEPS = 2 * 3  # the tiny run: 2 epochs of 3 batches
+
+
+def _resume_and_compare(out: Path, tiny_run: Path) -> None:
+    """Resume ``out``: exactly the steps its checkpoint lacks are run, the earlier session's
+    metrics rows stay as they were, and the run ends as the uninterrupted ``tiny_run``."""
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    before = read_rows(out)
+    _, steps = resume_counting_steps(out)
+    assert steps == STEPS - (3 * ckpt["epoch"] + ckpt["step"])
+    rows = read_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # appended, never duplicated
+    assert rows[: len(before)] == before
+    assert_same_run(out, tiny_run)
 
 
 def test_sigkill_loses_only_steps_since_the_last_checkpoint(samples, tmp_path, tiny_run):
@@ -170,10 +178,7 @@ def test_sigkill_loses_only_steps_since_the_last_checkpoint(samples, tmp_path, t
     assert not (out / "summary.json").exists()  # it really died mid-training
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["epoch"] * 3 + ckpt["step"] >= 1
-    assert main(["-q", "train", "--out", str(out), "--resume"]) == 0
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]  # appended, never duplicated
-    _assert_same_weights(out, tiny_run)
+    _resume_and_compare(out, tiny_run)
 
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(samples, tmp_path, tiny_run):
@@ -183,20 +188,17 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(samples, tmp_path, tiny_run
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
-    assert main(["-q", "train", "--out", str(out), "--resume"]) == 0
-    _assert_same_weights(out, tiny_run)
+    _resume_and_compare(out, tiny_run)
 
 
-def test_mid_epoch_resume_replays_the_same_batches(samples, tmp_path, tiny_run, monkeypatch):
+def test_mid_epoch_resume_replays_the_same_batches(samples, tmp_path, tiny_run):
     """In-process: stop in the middle of epoch 2, resume, and end with the same weights."""
     import featinv.train as train_module
 
     out = tmp_path / "mid"
     cfg = tiny_config(samples / "train", samples / "val")
     cfg.train.checkpoint_every = 1
-    real = train_module.StopSignals
-
-    class StopInEpochTwo(real):
+    class StopInEpochTwo(train_module.StopSignals):
         """The loop reads `signal` after every step and at each epoch's end: read 5 is after
         step 1 of epoch 2."""
 
@@ -214,16 +216,13 @@ def test_mid_epoch_resume_replays_the_same_batches(samples, tmp_path, tiny_run, 
         def signal(self, value):
             pass
 
-    monkeypatch.setattr(train_module, "StopSignals", StopInEpochTwo)
     with pytest.raises(train_module.TrainingInterrupted) as e:
-        train_module.train(cfg, out)
+        train_module.Trainer(cfg, out, signals=StopInEpochTwo()).fit()
     assert e.value.exit_code == 128 + signal.SIGTERM
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 1)  # 3 steps of epoch 1, then 1 of epoch 2
     assert ckpt["epoch_s"] >= 4.0
-    monkeypatch.setattr(train_module, "StopSignals", real)
-    train_module.train(cfg, out, resume=True)
-    _assert_same_weights(out, tiny_run)
+    _resume_and_compare(out, tiny_run)
     # the resumed epoch's row counts its whole time, not only the tail after the resume
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert float(rows[1]["epoch_time_s"]) >= 4.0

@@ -10,11 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 import featinv
-import featinv.train as train_module
 from featinv.cli import main
-from featinv.train import train
+from featinv.train import Trainer, train
 
-from conftest import tiny_config
+from conftest import assert_same_run, read_rows, resume_counting_steps, tiny_config
 
 RUN_FILES = [
     "config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
@@ -59,30 +58,29 @@ def test_evaluate_and_reconstruct_commands(tiny_run, samples, tmp_path, capsys):
     assert len(list((tmp_path / "rec").glob("reconstruction_*.png"))) == 2
 
 
-def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run, monkeypatch):
+def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run):
     """Interrupt a run in epoch 2, resume it: it restarts at epoch 2 and ends with the same
     weights as the uninterrupted `tiny_run` (same config)."""
     out = tmp_path / "interrupted"
-    real_evaluate = train_module.evaluate_loader
-    calls = {"n": 0}
 
-    def interrupt_in_epoch_2(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*a, **k)
+    class InterruptInEpoch2(Trainer):
+        calls = 0
 
-    monkeypatch.setattr(train_module, "evaluate_loader", interrupt_in_epoch_2)
+        def validate(self, final):
+            InterruptInEpoch2.calls += 1
+            if InterruptInEpoch2.calls == 2:
+                raise KeyboardInterrupt
+            return super().validate(final)
+
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(samples / "train", samples / "val"), out)
+        InterruptInEpoch2(tiny_config(samples / "train", samples / "val"), out).fit()
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(train_module, "evaluate_loader", real_evaluate)
-    assert main(["-q", "train", "--out", str(out), "--resume"]) == 0
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
-    a, b = load_file(str(out / "decoder.safetensors")), load_file(str(tiny_run / "decoder.safetensors"))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    before = read_rows(out)
+    _, steps = resume_counting_steps(out)
+    assert steps == 3  # epoch 2 only: 3 batches of 3
+    rows = read_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and rows[:1] == before
+    assert_same_run(out, tiny_run)
 
 
 @pytest.mark.parametrize(
@@ -125,19 +123,17 @@ def test_time_budget_ends_training_and_is_recorded(tmp_path, samples):
     assert 0.03 <= s["train_pass_s"] < s["train_time_s"]
 
 
-def test_early_stopping_restores_the_best_weights(tmp_path, samples, monkeypatch):
-    real = train_module.evaluate_loader
+def test_early_stopping_restores_the_best_weights(tmp_path, samples):
     scripted = iter([20.0, 19.0, 18.0, 17.0])  # val PSNR gets worse after epoch 1
 
-    def fake(*a, **kw):
-        ev = real(*a, **kw)
-        if kw.get("keep", 0) == 0 and kw.get("mean_image") is None:
+    class Worsening(Trainer):
+        def validate(self, final):
+            ev = super().validate(final)
             ev.metrics["psnr"] = next(scripted)
-        return ev
+            return ev
 
-    monkeypatch.setattr(train_module, "evaluate_loader", fake)
     out = tmp_path / "run"
-    s = train(_tiny(samples, epochs=4, patience=1), out)
+    s = Worsening(_tiny(samples, epochs=4, patience=1), out).fit()
     assert s["epochs_run"] == 2 and s["best_epoch"] == 1
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     exported = load_file(out / "decoder.safetensors")
@@ -147,7 +143,11 @@ def test_early_stopping_restores_the_best_weights(tmp_path, samples, monkeypatch
 
 def test_ema_weights_are_the_ones_scored_and_exported(tmp_path, samples):
     out = tmp_path / "run"
-    train(_tiny(samples, epochs=2, ema=0.5, grad_clip=1.0), out)  # 2 updates: the first one copies
+    s = train(_tiny(samples, epochs=2, ema=0.5, grad_clip=1.0), out)  # 2 updates: the first one copies
+    # the exported weights score exactly what summary.json reports
+    again = featinv.evaluate_run(featinv.load_run(out, device="cpu"), out=out / "recheck", num_save=0)
+    for k in ("mse", "psnr", "ssim"):
+        assert again[k] == pytest.approx(s["val"][k], rel=1e-6, abs=1e-7)
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     exported = load_file(out / "decoder.safetensors")
     ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}

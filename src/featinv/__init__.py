@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
+
+from ._version import __version__
 
 # A library only adds a NullHandler; the CLI (or the caller, or ``verbose=True``) decides where messages go.
 logging.getLogger("featinv").addHandler(logging.NullHandler())
-
-try:
-    __version__ = version("featinv")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = ["__version__", "load_run", "evaluate_run", "train", "FeatureExtractor", "RunConfig"]
 
 
 def __getattr__(name: str):
-    # Lazy, so `import featinv` stays cheap and submodules can import __version__ first.
+    # Lazy, so `import featinv` stays cheap.
     if name in ("load_run", "evaluate_run"):
         from . import evaluate
 

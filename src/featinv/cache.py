@@ -23,7 +23,9 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .utils import FeatinvError, atomic_write_text, progress_enabled
+from .figures import write_skipped
+from .images import IMAGE_EXTENSIONS, list_folder, load_image, preprocess
+from .utils import FeatinvError, atomic_write_bytes, atomic_write_text, default_num_workers, progress_enabled
 
 log = logging.getLogger("featinv")
 
@@ -126,8 +128,6 @@ def _safe_member_name(name: str) -> str:
 
 def list_tar(path: Path) -> list[str]:
     """Image members of a tar, in archive order; any unsafe member name rejects the whole file."""
-    from .data import IMAGE_EXTENSIONS
-
     names = []
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -152,8 +152,6 @@ def _tar_bytes(path: Path, wanted: Sequence[str]) -> Iterator[tuple[str, bytes]]
 
 def _decode(item: tuple[str, Union[bytes, str], int, int]) -> tuple[str, Optional[np.ndarray], str]:
     """(name, bytes or path, size, resize) → (name, S×S×3 uint8 or None, reason)."""
-    from .data import load_image, preprocess
-
     name, src, size, resize = item
     try:
         img = load_image(io.BytesIO(src) if isinstance(src, bytes) else src)
@@ -179,68 +177,77 @@ def prepare(
     prepare at a larger ``size`` (say 256) to keep random-crop augmentation. Interrupted runs
     resume: images already written are not decoded again.
     """
-    from tqdm.auto import tqdm
-
-    from .data import default_num_workers, find_images
-
     source, out = Path(source), Path(out)
     if size < 32:
         raise FeatinvError(f"--size must be at least 32, got {size}.")
     resize = max(256, size)
-    if source.is_dir():
-        images = find_images(source)
-        files = [r.relpath for r in images.records]
-        file_labels = [r.label for r in images.records]
-        classes = images.classes
-        kind = "folder"
-    elif source.is_file():
-        files = list_tar(source)
-        file_labels = [-1] * len(files)
-        classes = []
-        kind = "tar"
-    else:
-        raise FeatinvError(f"--data {source} does not exist; pass an image folder or a tar file.")
+    kind, files, file_labels, classes = _list_source(source)
     if labels:
-        gt = read_ground_truth(labels)
-        file_labels = [gt.get(PurePosixPath(f).name, -1) for f in files]
-        missing = sum(label < 0 for label in file_labels)
-        if missing:
-            log.warning("%d image(s) have no line in %s; their label is -1", missing, labels)
-        classes = [w for w, _ in sorted(devkit_to_class_index().values(), key=lambda wc: wc[1])]
+        file_labels, classes = _ground_truth_labels(files, labels)
     if not files:
         raise FeatinvError(f"no images found in {source}.")
-
     plan = {"format": FORMAT, "source": str(source.resolve()), "kind": kind, "size": size, "resize": resize,
             "n": len(files), "classes": classes}
     out.mkdir(parents=True, exist_ok=True)
-    meta_path, progress_path = out / "meta.json", out / "progress.json"
-    done = 0
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        same = {k: old.get(k) for k in plan} == plan
-        if old.get("complete") and same:
-            log.info("%s already holds this cache; nothing to do", out)
-            return read_cache(out)
-        if not same:
-            raise FeatinvError(f"{out} holds a cache of another source or size; choose another --out.")
-        if progress_path.is_file():
-            done = json.loads(progress_path.read_text(encoding="utf-8"))["done"]
-    else:
-        atomic_write_text(meta_path, json.dumps({**plan, "complete": False}, indent=2) + "\n")
-    array_path = out / "images.u8"
-    mode = "r+" if array_path.is_file() and done > 0 else "w+"
-    arr = np.memmap(array_path, dtype=np.uint8, mode=mode, shape=(len(files), size, size, 3))
+    done = _resume_point(out, plan)
+    if done is None:
+        log.info("%s already holds this cache; nothing to do", out)
+        return read_cache(out)
+    arr = np.memmap(out / "images.u8", dtype=np.uint8, mode="r+" if (out / "images.u8").is_file() and done > 0 else "w+",
+                    shape=(len(files), size, size, 3))
     ok = _read_ok(out / "ok.partial", len(files)) if done else np.zeros(len(files), dtype=bool)
     reasons: dict[str, str] = dict(_read_reasons(out / "skipped.csv")) if done else {}
     if done:
         log.info("resuming: %d of %d images already prepared", done, len(files))
-
     todo = files[done:]
-    if kind == "tar":
-        sources: Iterator = _tar_bytes(source, todo)
-    else:
-        sources = ((f, str(source / f)) for f in todo)
-    items = ((name, src, size, resize) for name, src in sources)
+    sources: Iterator = _tar_bytes(source, todo) if kind == "tar" else ((f, str(source / f)) for f in todo)
+    done = _decode_into(arr, ok, reasons, files, ((name, src, size, resize) for name, src in sources), done, out, workers)
+    if done < len(files):
+        raise FeatinvError(f"the tar ended early: {len(files) - done} listed images were not found in the stream.")
+    _finish(out, plan, files, file_labels, ok, reasons)
+    return read_cache(out)
+
+
+def _list_source(source: Path) -> tuple[str, list[str], list[int], list[str]]:
+    """(kind, files, labels, classes) of an image folder or a tar."""
+    if source.is_dir():
+        images = list_folder(source.resolve())
+        return "folder", [r.relpath for r in images.records], [r.label for r in images.records], images.classes
+    if source.is_file():
+        files = list_tar(source)
+        return "tar", files, [-1] * len(files), []
+    raise FeatinvError(f"--data {source} does not exist; pass an image folder or a tar file.")
+
+
+def _ground_truth_labels(files: Sequence[str], labels: Union[str, Path]) -> tuple[list[int], list[str]]:
+    gt = read_ground_truth(labels)
+    file_labels = [gt.get(PurePosixPath(f).name, -1) for f in files]
+    missing = sum(label < 0 for label in file_labels)
+    if missing:
+        log.warning("%d image(s) have no line in %s; their label is -1", missing, labels)
+    return file_labels, [w for w, _ in sorted(devkit_to_class_index().values(), key=lambda wc: wc[1])]
+
+
+def _resume_point(out: Path, plan: dict) -> Optional[int]:
+    """Images already prepared in ``out`` for this plan (0: a new cache); None: it is complete."""
+    meta_path, progress_path = out / "meta.json", out / "progress.json"
+    if not meta_path.is_file():
+        atomic_write_text(meta_path, json.dumps({**plan, "complete": False}, indent=2) + "\n")
+        return 0
+    old = json.loads(meta_path.read_text(encoding="utf-8"))
+    same = {k: old.get(k) for k in plan} == plan
+    if old.get("complete") and same:
+        return None
+    if not same:
+        raise FeatinvError(f"{out} holds a cache of another source or size; choose another --out.")
+    return json.loads(progress_path.read_text(encoding="utf-8"))["done"] if progress_path.is_file() else 0
+
+
+def _decode_into(arr: np.memmap, ok: np.ndarray, reasons: dict[str, str], files: Sequence[str], items: Iterator,
+                 done: int, out: Path, workers: int) -> int:
+    """Decode ``items`` (in a pool of ``workers``) into their rows; progress saved every CHUNK images."""
+    from tqdm.auto import tqdm
+
     n_workers = default_num_workers() if workers < 0 else workers
     ctx = get_context("spawn" if os.name != "posix" else "fork")
     pool = ctx.Pool(n_workers, initializer=_worker_init) if n_workers > 0 else None
@@ -265,18 +272,21 @@ def prepare(
         if pool:
             pool.terminate()
         _save_progress(out, arr, ok, reasons, done)
-    if done < len(files):
-        raise FeatinvError(f"the tar ended early: {len(files) - done} listed images were not found in the stream.")
+    return done
+
+
+def _finish(out: Path, plan: dict, files: Sequence[str], file_labels: Sequence[int], ok: np.ndarray,
+            reasons: dict[str, str]) -> None:
+    """The index, the completed meta; the partial-progress files removed."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["i", "file", "label", "ok"])
     w.writerows([i, f, lab, int(good)] for i, (f, lab, good) in enumerate(zip(files, file_labels, ok)))
     atomic_write_text(out / "index.csv", buf.getvalue())
-    atomic_write_text(meta_path, json.dumps({**plan, "complete": True, "skipped": len(reasons)}, indent=2) + "\n")
-    for leftover in (progress_path, out / "ok.partial"):
+    atomic_write_text(out / "meta.json", json.dumps({**plan, "complete": True, "skipped": len(reasons)}, indent=2) + "\n")
+    for leftover in (out / "progress.json", out / "ok.partial"):
         leftover.unlink(missing_ok=True)
     log.info("prepared %d images (%d skipped) into %s", int(ok.sum()), len(reasons), out)
-    return read_cache(out)
 
 
 def _worker_init() -> None:
@@ -292,9 +302,6 @@ def _worker_init() -> None:
 
 def _save_progress(out: Path, arr: np.memmap, ok: np.ndarray, reasons: dict[str, str], done: int) -> None:
     arr.flush()  # pixels reach the disk before the count that vouches for them
-    from .report import write_skipped
-    from .utils import atomic_write_bytes
-
     atomic_write_bytes(out / "ok.partial", ok.astype(np.uint8).tobytes())
     write_skipped(sorted(reasons.items()), out / "skipped.csv")
     atomic_write_text(out / "progress.json", json.dumps({"done": done}) + "\n")
@@ -309,77 +316,3 @@ def _read_reasons(path: Path) -> list[tuple[str, str]]:
         return []
     with open(path, newline="", encoding="utf-8") as f:
         return [(r["file"], r["reason"]) for r in csv.DictReader(f)]
-
-
-class FeatureCache:
-    """The frozen backbone's outputs for the training images, float16 on disk.
-
-    One memory-mapped ``<layer>.f16`` file per tap (N×C×H×W). Filled during the first epoch
-    (which computes the features anyway); later epochs read them instead of running the
-    backbone. Only valid when every epoch sees the same crops (no augmentation). Which rows are
-    filled travels in the training checkpoint, so a resumed run trusts exactly the rows that
-    were flushed before that checkpoint was written.
-    """
-
-    def __init__(self, root: Path, n: int, shapes: dict[str, tuple[int, ...]], filled: Optional["torch.Tensor"] = None):
-        import torch
-
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.arrays: dict[str, np.memmap] = {}
-        paths = {k: self.root / f"{k}.f16" for k in shapes}
-        # Rows marked filled are trusted only if every file is there at its full size.
-        reuse = filled is not None and len(filled) == n and all(
-            p.is_file() and p.stat().st_size == 2 * n * int(np.prod(shapes[k])) for k, p in paths.items()
-        )
-        for k, shape in shapes.items():
-            self.arrays[k] = np.memmap(paths[k], dtype=np.float16, mode="r+" if reuse else "w+", shape=(n, *shape))
-        self.filled = filled.clone().bool() if reuse else torch.zeros(n, dtype=torch.bool)
-
-    @staticmethod
-    def bytes_needed(n: int, shapes: dict[str, tuple[int, ...]]) -> int:
-        return 2 * n * sum(int(np.prod(s)) for s in shapes.values())
-
-    @staticmethod
-    def check_space(root: Path, n: int, shapes: dict[str, tuple[int, ...]]) -> int:
-        """Bytes the cache needs; refuses (FeatinvError) when the disk holding ``root`` lacks them."""
-        import shutil
-
-        need = FeatureCache.bytes_needed(n, shapes)
-        have = sum(p.stat().st_size for p in Path(root).glob("*.f16")) if Path(root).is_dir() else 0
-        probe = Path(root)
-        while not probe.exists():
-            probe = probe.parent
-        free = shutil.disk_usage(probe).free + have
-        log.info("feature cache: %.2f GB (float16) for %d training images in %s; %.1f GB free", need / 1e9, n, root, free / 1e9)
-        if need > 0.95 * free:
-            raise FeatinvError(
-                f"--cache-features needs {need / 1e9:.2f} GB in {root} but only {free / 1e9:.2f} GB are free; "
-                "free some space, use fewer --layers or images, or drop --cache-features."
-            )
-        return need
-
-    def has(self, index: "torch.Tensor") -> bool:
-        return bool(self.filled[index].all())
-
-    def put(self, index: "torch.Tensor", features: dict[str, "torch.Tensor"]) -> None:
-        import torch
-
-        rows = index.numpy()
-        for k, v in features.items():
-            self.arrays[k][rows] = v.detach().to("cpu", torch.float16).contiguous().numpy()
-        self.filled[index] = True
-
-    def get(self, index: "torch.Tensor", device: "torch.device", channels_last: bool = False) -> dict[str, "torch.Tensor"]:
-        import torch
-
-        rows = index.numpy()
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return {
-            k: torch.from_numpy(np.ascontiguousarray(a[rows])).to(device, non_blocking=True).float().contiguous(memory_format=fmt)
-            for k, a in self.arrays.items()
-        }
-
-    def flush(self) -> None:
-        for a in self.arrays.values():
-            a.flush()

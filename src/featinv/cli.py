@@ -13,89 +13,67 @@ from .utils import FeatinvError
 log = logging.getLogger("featinv")
 
 
+def _default_text(value: object) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None or value == "" else str(value)
+
+
+def add_config_flags(p: argparse.ArgumentParser, skip: frozenset = frozenset()) -> None:
+    """One flag per config field that has one (``featinv.config.setting``), its help and default
+    taken from the field; ``--set SECTION.KEY=VALUE`` reaches every field, flag or not."""
+    import dataclasses
+    import typing
+
+    from .config import SECTIONS, default_of, flag_of
+
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            if f.metadata.get("flag", "") is None or key in skip:
+                continue
+            flag, default, tp = flag_of(section, f.name), default_of(f), hints[f.name]
+            metavar = f.metadata.get("metavar") or flag.lstrip("-").upper().replace("-", "_")
+            kw: dict = {"dest": key, "default": None, "help": f.metadata["help"]}
+            if tp is bool:  # a flag that turns the default around: --strict, --no-augment
+                kw.update(action="store_const", const=not default)
+                kw["help"] += f" ({'on' if default else 'off'} by default; this flag turns it {'off' if default else 'on'})"
+            else:
+                if typing.get_origin(tp) is typing.Union:
+                    tp = next(a for a in typing.get_args(tp) if a is not type(None))
+                if typing.get_origin(tp) is list:
+                    kw.update(nargs="+", metavar=metavar)
+                else:
+                    choices = f.metadata.get("choices")
+                    kw.update(type=tp, choices=choices, metavar=None if choices else metavar)
+                if "(default" not in kw["help"]:
+                    kw["help"] += f" (default {_default_text(default)})"
+            p.add_argument(flag, **kw)
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", dest="set_items",
+                   help="any config.yaml key, e.g. --set data.image_size=160 train.channels_last=false "
+                   "(applied before the flags above)")
+    from .losses import TERMS
+
+    terms = " ".join(f"{k}={v:g}" for k, v in vars(SECTIONS["loss"]()).items() if k in TERMS and v > 0)
+    p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
+                   help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: {', '.join(TERMS)}; "
+                   f"unnamed terms get weight 0 (default {terms})")
+    p.add_argument("--perceptual-backbone", metavar="NAME[:WEIGHTS]",
+                   help="backbone of the perceptual loss (default: the run's own, frozen)")
+    p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
+
+
 def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Data, model and training flags shared by `train` and `sweep`."""
-    p.add_argument("--data", help="image folder (ImageFolder tree or flat, searched recursively)")
-    p.add_argument("--val-data", help="separate validation folder (default: a hash split of --data)")
-    p.add_argument("--val-fraction", type=float, help="share of --data held out for validation (default 0.1)")
-    p.add_argument("--split-file", help="CSV with columns file,split (train/val): a fixed split of --data")
-    p.add_argument("--backbone", help="backbone name (default resnet50; see `featinv backbones`)")
     if sweep:
         p.add_argument("--weights", nargs="+", default=["imagenet"],
                        help="one run per weights source: imagenet, random, or state-dict paths (default imagenet)")
+        add_config_flags(p, skip=frozenset({"backbone.weights", "backbone.layers"}))
     else:
-        p.add_argument("--weights", help="imagenet (default), random, or a path to a state-dict file")
-        p.add_argument("--layers", nargs="+", help="taps to decode from (default: layer1 layer2 layer3 layer4)")
-    from .config import DataConfig, DecoderConfig, LossConfig, TrainConfig
-    from .train import SCHEDULES
-    from .decoders import FUSIONS, NORMS, UPSAMPLERS
-
-    dec, tr = DecoderConfig(), TrainConfig()
-    p.add_argument("--decoder", help=f"decoder: ladder, pyramid (the previous default) or seed (the original's "
-                   f"baseline) (default {dec.name})")
-    p.add_argument("--width", type=int, help=f"channels of the decoder's path; ladder: at stride 4, doubling with "
-                   f"the stride (default {dec.width})")
-    p.add_argument("--max-width", type=int, help=f"ladder: cap on a path's channels (default {dec.max_width})")
-    p.add_argument("--blocks", type=int, help=f"residual blocks; ladder: at each tap's scale, pyramid: at the finest "
-                   f"(default {dec.blocks})")
-    p.add_argument("--upsample", choices=UPSAMPLERS, help=f"x2 up-sampling: resize (bilinear + conv), pixelshuffle "
-                   f"(ICNR), convtranspose (pyramid only; leaves a checkerboard) (default {dec.upsample})")
-    p.add_argument("--fusion", choices=FUSIONS, help=f"pyramid: how coarser maps join finer ones (default {dec.fusion})")
-    p.add_argument("--norm", choices=NORMS, help=f"normalization after the decoder's convolutions (default {dec.norm})")
-    terms = ", ".join(f"{k}={v:g}" for k, v in vars(LossConfig()).items() if isinstance(v, float) and v > 0)
-    p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
-                   help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: mse, l1, ssim, ms_ssim, "
-                   f"perceptual; unnamed terms get weight 0 (default {terms})")
-    p.add_argument("--perceptual-backbone", metavar="NAME[:WEIGHTS]",
-                   help="backbone of the perceptual loss (default: the run's own, frozen)")
-    p.add_argument("--perceptual-layers", nargs="+", help="taps of the perceptual loss (default: its stage1 stage2)")
-    p.add_argument("--epochs", type=int, help=f"epochs (default {tr.epochs}; with --minutes, at most this many)")
-    p.add_argument("--minutes", type=float,
-                   help="time budget: stop when the training passes (validation excluded) have taken this long; "
-                   "the learning-rate schedule follows the budget")
-    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--schedule", choices=SCHEDULES,
-                   help="learning-rate schedule after warm-up: plateau (constant until val PSNR stops rising, then a "
-                   "short decay and stop: the convergence rule), cosine (over --epochs or --minutes) or constant "
-                   f"(default {tr.schedule})")
-    p.add_argument("--plateau-epochs", type=int,
-                   help=f"plateau: compare the best val PSNR of the last N epochs with the best before (default {tr.plateau_epochs})")
-    p.add_argument("--plateau-db", type=float,
-                   help=f"plateau: a gain below this many dB is a plateau (default {tr.plateau_db:g})")
-    p.add_argument("--decay-epochs", type=int, help=f"plateau: epochs of the final decay (default {tr.decay_epochs})")
-    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length in epochs (default {tr.warmup_epochs:g})")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {tr.weight_decay:g})")
-    p.add_argument("--grad-clip", type=float, help=f"clip the gradient norm to this; 0 turns it off (default {tr.grad_clip:g})")
-    p.add_argument("--ema", type=float,
-                   help=f"decay of an exponential moving average of the decoder weights, which are then the ones "
-                   f"scored and saved; 0 turns it off (default {tr.ema:g})")
-    p.add_argument("--patience", type=int,
-                   help=f"stop after this many epochs without a better val PSNR and keep the best weights; "
-                   f"0 turns it off (default {tr.patience})")
-    p.add_argument("--seed", type=int, help="seed for data order, crops and initial weights (default 0)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--max-images", type=int, help="use at most N training images (quick runs)")
-    p.add_argument("--no-augment", action="store_true", help="train on center crops (no random crop/flip)")
-    p.add_argument("--crop-scale", type=float,
-                   help="smallest area fraction of a random-resized training crop; 1 = plain random crops "
-                   f"(default {DataConfig().crop_scale:g})")
-    p.add_argument("--color-jitter", type=float,
-                   help=f"brightness/contrast/saturation jitter of training images (default {DataConfig().color_jitter:g})")
-    p.add_argument("--extra-data", nargs="+", metavar="DIR",
-                   help="more image folders or prepared caches, every image of them used for training")
-    p.add_argument("--cache-features", action="store_true",
-                   help="with --no-augment: store the frozen backbone's outputs (float16, in RUN/feature_cache) "
-                   "during epoch 1 and train later epochs from them; the disk space is checked first")
-    p.add_argument("--workers", type=int, help="data-loader workers (default: from the CPU count)")
-    p.add_argument("--num-save", type=int, help="validation pairs saved at the end (default 8)")
-    p.add_argument("--checkpoint-every", type=int,
-                   help="steps between mid-epoch checkpoints (default 200; 0: epoch ends only)")
-    p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="autocast precision (default auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decoder (opt-in)")
-    p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
+        add_config_flags(p)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -149,70 +127,51 @@ def _set_loss_weights(cfg, items: Sequence[str]) -> None:
         setattr(cfg.loss, term, w)
 
 
-def _build_config(args: argparse.Namespace):
-    from .config import RunConfig, load_config
+def apply_set(cfg, items: Sequence[str]):
+    """``--set SECTION.KEY=VALUE ...`` (VALUE read as YAML) on a copy of ``cfg``; checked like config.yaml."""
+    import yaml
 
-    run_cfg = Path(args.out) / "config.yaml"
-    resume, layers = getattr(args, "resume", False), getattr(args, "layers", None)
-    if resume:
-        if not run_cfg.is_file():
+    from .config import RunConfig
+
+    d = cfg.to_dict()
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or not isinstance(d.get(section), dict) or name not in d[section]:
+            sections = ", ".join(k for k, v in d.items() if isinstance(v, dict))
+            raise FeatinvError(f"--set takes SECTION.KEY=VALUE with a key of config.yaml (sections: {sections}); got {item!r}.")
+        try:
+            d[section][name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            d[section][name] = value
+    return RunConfig.from_dict(d)
+
+
+def _base_config(args: argparse.Namespace):
+    """The resumed run's config, the --config file's, or the defaults."""
+    from .config import RunConfig, load_config
+    from .rundir import RunDir
+
+    run = RunDir(args.out)
+    if getattr(args, "resume", False):
+        if not run.has_config():
             raise FeatinvError(f"--resume: {args.out} holds no run to resume; drop --resume to start one.")
-        cfg = load_config(run_cfg)
-    elif args.config:
-        cfg = load_config(args.config)
-    else:
-        cfg = RunConfig()
-    overrides = {
-        ("data", "data"): args.data,
-        ("data", "val_data"): args.val_data,
-        ("data", "val_fraction"): args.val_fraction,
-        ("data", "split_file"): args.split_file,
-        ("data", "max_images"): args.max_images,
-        ("data", "num_workers"): args.workers,
-        ("backbone", "name"): args.backbone,
-        ("backbone", "weights"): args.weights if isinstance(args.weights, str) else None,
-        ("backbone", "layers"): layers,
-        ("decoder", "name"): args.decoder,
-        ("decoder", "width"): args.width,
-        ("decoder", "max_width"): args.max_width,
-        ("data", "crop_scale"): args.crop_scale,
-        ("data", "color_jitter"): args.color_jitter,
-        ("data", "extra_data"): [str(Path(e).expanduser().resolve()) for e in args.extra_data] if args.extra_data else None,
-        ("train", "plateau_epochs"): args.plateau_epochs,
-        ("train", "plateau_db"): args.plateau_db,
-        ("train", "decay_epochs"): args.decay_epochs,
-        ("decoder", "blocks"): args.blocks,
-        ("decoder", "upsample"): args.upsample,
-        ("decoder", "fusion"): args.fusion,
-        ("decoder", "norm"): args.norm,
-        ("loss", "perceptual_layers"): args.perceptual_layers,
-        ("train", "warmup_epochs"): args.warmup_epochs,
-        ("train", "weight_decay"): args.weight_decay,
-        ("train", "grad_clip"): args.grad_clip,
-        ("train", "ema"): args.ema,
-        ("train", "patience"): args.patience,
-        ("train", "epochs"): args.epochs,
-        ("train", "minutes"): args.minutes,
-        ("train", "batch_size"): args.batch_size,
-        ("train", "lr"): args.lr,
-        ("train", "schedule"): args.schedule,
-        ("train", "seed"): args.seed,
-        ("train", "device"): args.device,
-        ("train", "num_save"): args.num_save,
-        ("train", "checkpoint_every"): args.checkpoint_every,
-        ("train", "precision"): args.precision,
-    }
-    if args.no_augment:
-        overrides[("data", "augment")] = False
-    if args.strict:
-        overrides[("data", "strict")] = True
-    if args.compile:
-        overrides[("train", "compile")] = True
-    if args.cache_features:
-        overrides[("train", "cache_features")] = True
-    for (section, key), value in overrides.items():
-        if value is not None:
-            setattr(getattr(cfg, section), key, value)
+        return run.read_config()
+    return load_config(args.config) if args.config else RunConfig()
+
+
+def _build_config(args: argparse.Namespace):
+    """The config of a train or sweep command: base, then --set, then the flags that were given."""
+    import dataclasses
+
+    from .config import SECTIONS
+
+    cfg = apply_set(_base_config(args), args.set_items)
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f"{section}.{f.name}", None)
+            if value is not None:
+                setattr(getattr(cfg, section), f.name, value)
     if args.loss:
         _set_loss_weights(cfg, args.loss)
     if args.perceptual_backbone:
@@ -220,20 +179,32 @@ def _build_config(args: argparse.Namespace):
         if weights not in ("", "imagenet", "random"):
             weights = str(Path(weights).expanduser().resolve())
         cfg.loss.perceptual_backbone, cfg.loss.perceptual_weights = name, weights or "imagenet"
-    # Paths are stored absolute so the run directory alone can find its data again.
-    for key in ("data", "val_data", "split_file"):
-        value = getattr(cfg.data, key)
-        if value:
-            setattr(cfg.data, key, str(Path(value).expanduser().resolve()))
-    w = cfg.backbone.weights
-    if w not in ("imagenet", "random"):
-        cfg.backbone.weights = str(Path(w).expanduser().resolve())
+    _absolute_paths(cfg)
     # Without a flag the ResNet names stay the default; other backbones default to their own taps.
-    if args.backbone and not layers and not resume and not args.config:
+    if getattr(args, "backbone.name", None) and not getattr(args, "backbone.layers", None) \
+            and not getattr(args, "resume", False) and not args.config:
         from .backbones import get_spec
 
         cfg.backbone.layers = get_spec(cfg.backbone.name).default_layers
     return cfg
+
+
+def _absolute_paths(cfg) -> None:
+    """Paths are stored absolute so the run directory alone can find its data again."""
+    import dataclasses
+
+    from .config import SECTIONS
+
+    def absolute(v: str) -> str:
+        return str(Path(v).expanduser().resolve())
+
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = getattr(getattr(cfg, section), f.name)
+            if f.metadata.get("path") and value:
+                setattr(getattr(cfg, section), f.name, [absolute(v) for v in value] if isinstance(value, list) else absolute(value))
+    if cfg.backbone.weights not in ("imagenet", "random"):
+        cfg.backbone.weights = absolute(cfg.backbone.weights)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -314,7 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="featinv",

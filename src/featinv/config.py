@@ -3,50 +3,78 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .utils import FeatinvError, atomic_write_text
+from .utils import FeatinvError, atomic_write_text, check_format
+
+# 1: featinv 0.1.0 (no format key); 2: a top-level ``format`` key, the sections unchanged.
+CONFIG_FORMAT = 2
 
 DEFAULT_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+# The lists of choices, each defined once: the decoders and the CLI take them from here.
+SCHEDULES = ("plateau", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+NORMS = ("batch", "none")
+UPSAMPLERS = ("resize", "pixelshuffle", "convtranspose")
+FUSIONS = ("add", "concat")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: Optional[str] = "",
+            choices: Optional[Sequence[str]] = None, metavar: Optional[str] = None,
+            factory: Any = dataclasses.MISSING, path: bool = False) -> Any:
+    """A config field and its command-line flag, defined once: ``flag`` "" derives ``--field-name``;
+    None gives no flag of its own (``--set SECTION.KEY=VALUE`` reaches every field). The help
+    shows the field's default. ``path``: a file or folder, stored absolute."""
+    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "metavar": metavar, "path": path}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class DataConfig:
-    data: str = ""  # image folder (ImageFolder tree or flat, searched recursively)
-    val_data: Optional[str] = None  # explicit validation folder; else a hash split of `data`
-    val_fraction: float = 0.1
-    split_file: Optional[str] = None  # CSV with columns file,split (train/val): a fixed split of `data`
-    image_size: int = 224  # crop size
-    resize: int = 256  # short side before cropping
-    augment: bool = True  # train: random crop + horizontal flip; val is always a center crop
-    crop_scale: float = 1.0  # augment: smallest crop area (fraction) of a random-resized crop; 1 = plain random crop
-    color_jitter: float = 0.0  # augment: brightness/contrast/saturation drawn from [1-j, 1+j] (input and target alike)
-    extra_data: list[str] = field(default_factory=list)  # more folders or caches, all of them training images
-    max_images: Optional[int] = None  # cap on training images (after the split), for quick runs
-    num_workers: int = -1  # DataLoader workers; -1 picks from the CPU count
-    strict: bool = False  # any unreadable file is an error instead of a skip
+    data: str = setting("", "image folder (ImageFolder tree or flat, searched recursively) or prepared cache", path=True)
+    val_data: Optional[str] = setting(None, "separate validation folder (default: a hash split of --data)", path=True)
+    val_fraction: float = setting(0.1, "share of --data held out for validation")
+    split_file: Optional[str] = setting(None, "CSV with columns file,split (train/val): a fixed split of --data", path=True)
+    image_size: int = setting(224, "crop size", flag=None)
+    resize: int = setting(256, "short side before cropping", flag=None)
+    augment: bool = setting(True, "train on random crops with horizontal flips; val is always a center crop",
+                            flag="--no-augment")
+    crop_scale: float = setting(1.0, "smallest area fraction of a random-resized training crop; 1 = plain random crops")
+    color_jitter: float = setting(0.0, "brightness/contrast/saturation jitter of training images, drawn from [1-j, 1+j] "
+                                  "(input and target alike)")
+    extra_data: list[str] = setting(help="more image folders or prepared caches, every image of them used for training",
+                                    factory=list, metavar="DIR", path=True)
+    max_images: Optional[int] = setting(None, "use at most N training images (after the split; quick runs)")
+    num_workers: int = setting(-1, "data-loader workers; -1 picks from the CPU count", flag="--workers")
+    strict: bool = setting(False, "an unreadable image is an error, not a skip")
 
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet50"
-    weights: str = "imagenet"  # "imagenet", "random" or a path to a state-dict file
-    layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
+    name: str = setting("resnet50", "backbone name (see `featinv backbones`)", flag="--backbone")
+    weights: str = setting("imagenet", "imagenet, random, or a path to a state-dict file")
+    layers: list[str] = setting(help="taps to decode from (default: the backbone's four stage outputs)",
+                                factory=lambda: list(DEFAULT_LAYERS))
 
 
 @dataclass
 class DecoderConfig:
-    name: str = "ladder"  # ladder | pyramid | seed (the original's baseline)
-    width: int = 64  # ladder: channels of the path at stride 4 (doubling with the stride); pyramid: channels of the path
-    max_width: int = 128  # ladder: cap on a path's channels (the coarse taps')
-    blocks: int = 2  # ladder: residual blocks at each tap's scale; pyramid: at the finest map's scale
-    upsample: str = "resize"  # resize (bilinear + conv) | pixelshuffle (ICNR); pyramid also convtranspose
-    fusion: str = "add"  # pyramid: add | concat (then a 1x1 conv)
-    norm: str = "batch"  # batch | none
+    name: str = setting("ladder", "decoder: ladder, pyramid (the previous default) or seed (the original's baseline)",
+                        flag="--decoder")
+    width: int = setting(64, "channels of the decoder's path; ladder: at stride 4, doubling with the stride")
+    max_width: int = setting(128, "ladder: cap on a path's channels (the coarse taps')")
+    blocks: int = setting(2, "residual blocks; ladder: at each tap's scale, pyramid: at the finest")
+    upsample: str = setting("resize", "x2 up-sampling: resize (bilinear + conv), pixelshuffle (ICNR), convtranspose "
+                            "(pyramid only; leaves a checkerboard)", choices=UPSAMPLERS)
+    fusion: str = setting("add", "pyramid: how coarser maps join finer ones (concat: then a 1x1 conv)", choices=FUSIONS)
+    norm: str = setting("batch", "normalization after the decoder's convolutions", choices=NORMS)
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for ``build_decoder`` (the seed decoder takes none)."""
@@ -60,44 +88,66 @@ class DecoderConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the loss terms; a term with weight 0 is not computed."""
+    """Weights of the loss terms; a term with weight 0 is not computed. The terms are set together
+    by ``--loss TERM=WEIGHT ...`` (featinv.losses.TERMS), one by one by ``--set loss.TERM=W``."""
 
-    mse: float = 1.0
-    l1: float = 0.0
-    ssim: float = 0.0  # 1 - SSIM (Gaussian window 11, sigma 1.5)
-    ms_ssim: float = 0.0  # 1 - MS-SSIM
-    perceptual: float = 0.0  # feature reconstruction loss (Johnson et al. 2016)
-    perceptual_backbone: str = ""  # "" = the run's own frozen backbone; else a registry name
-    perceptual_weights: str = "imagenet"  # weights of perceptual_backbone
-    perceptual_layers: list[str] = field(default_factory=list)  # [] = the backbone's stage1, stage2
+    mse: float = setting(1.0, "weight of the mean squared error", flag=None)
+    l1: float = setting(0.0, "weight of the mean absolute error", flag=None)
+    ssim: float = setting(0.0, "weight of 1 - SSIM (Gaussian window 11, sigma 1.5)", flag=None)
+    ms_ssim: float = setting(0.0, "weight of 1 - MS-SSIM", flag=None)
+    perceptual: float = setting(0.0, "weight of the feature reconstruction loss (Johnson et al. 2016)", flag=None)
+    perceptual_backbone: str = setting("", "backbone of the perceptual loss; empty: the run's own, frozen", flag=None)
+    perceptual_weights: str = setting("imagenet", "weights of perceptual_backbone", flag=None)
+    perceptual_layers: list[str] = setting(help="taps of the perceptual loss (default: its stage1 stage2)", factory=list)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40  # upper bound on epochs; the plateau schedule usually stops earlier
-    minutes: Optional[float] = None  # budget of training-step time; ends the run early, schedule follows it
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    # "plateau": linear warm-up, a constant rate, then a cosine decay over decay_epochs started when
-    # val PSNR stops rising (see featinv.train.plateaued), after which training stops, converged.
-    # "cosine": warm-up then cosine over the whole budget; "constant": warm-up then constant.
-    schedule: str = "plateau"
-    warmup_epochs: float = 0.5
-    plateau_epochs: int = 4  # plateau: the window of epochs whose best val PSNR is compared ...
-    plateau_db: float = 0.1  # ... with the best before it: a gain below this many dB is a plateau
-    decay_epochs: int = 3  # plateau: epochs of the final decay
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_save: int = 8  # original/reconstruction pairs saved at the end
-    checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: epoch ends only)
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (autocast for the forward passes)
-    channels_last: bool = True  # NHWC tensors for the convolutions
-    compile: bool = False  # torch.compile the decoder (opt-in: compile time, platform support)
-    grad_clip: float = 0.0  # clip the gradient norm to this (0: off)
-    ema: float = 0.0  # decay of an exponential moving average of the decoder weights (0: off)
-    patience: int = 0  # stop after this many epochs without a better val PSNR (0: off)
-    cache_features: bool = False  # keep the backbone outputs (float16, on disk) after epoch 1; needs augment off
+    epochs: int = setting(40, "upper bound on epochs; the plateau schedule usually stops earlier")
+    minutes: Optional[float] = setting(None, "time budget: stop when the training passes (validation excluded) have "
+                                       "taken this long; the learning-rate schedule follows the budget")
+    batch_size: int = setting(16, "batch size")
+    lr: float = setting(1e-3, "peak learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    schedule: str = setting("plateau", "learning-rate schedule after warm-up: plateau (constant until val PSNR stops "
+                            "rising, then a short decay and stop: the convergence rule), cosine (over --epochs or "
+                            "--minutes) or constant", choices=SCHEDULES)
+    warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
+    plateau_epochs: int = setting(4, "plateau: compare the best val PSNR of the last N epochs with the best before")
+    plateau_db: float = setting(0.1, "plateau: a gain below this many dB is a plateau (see featinv.schedule.plateaued)")
+    decay_epochs: int = setting(3, "plateau: epochs of the final decay")
+    seed: int = setting(0, "seed for data order, crops and initial weights")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    num_save: int = setting(8, "validation pairs saved at the end")
+    checkpoint_every: int = setting(200, "steps between mid-epoch checkpoints; 0: epoch ends only")
+    precision: str = setting("auto", "autocast precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older "
+                             "GPUs, else fp32", choices=PRECISIONS)
+    channels_last: bool = setting(True, "NHWC tensors for the convolutions", flag=None)
+    compile: bool = setting(False, "torch.compile the decoder (opt-in: compile time, platform support)")
+    grad_clip: float = setting(0.0, "clip the gradient norm to this; 0 turns it off")
+    ema: float = setting(0.0, "decay of an exponential moving average of the decoder weights, which are then the "
+                         "ones scored and saved; 0 turns it off")
+    patience: int = setting(0, "stop after this many epochs without a better val PSNR and keep the best weights; "
+                            "0 turns it off")
+    cache_features: bool = setting(False, "with --no-augment: store the frozen backbone's outputs (float16, in "
+                                   "RUN/feature_cache) during epoch 1 and train later epochs from them")
+
+
+SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "decoder": DecoderConfig, "loss": LossConfig,
+            "train": TrainConfig}
+
+
+def flag_of(section: str, name: str) -> str:
+    """The command-line spelling of a setting: its flag, else ``--set section.name``."""
+    f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    flag = f.metadata.get("flag", "")
+    if flag is None:
+        return f"--set {section}.{name}"
+    return flag or "--" + name.replace("_", "-")
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -170,8 +220,55 @@ def diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+def _positive(v: Any) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+# (section, field, test, what it must be): validate_config names the field by its flag.
+RULES = [
+    ("train", "epochs", lambda v: v >= 1, "at least 1"),
+    ("train", "batch_size", lambda v: v >= 1, "at least 1"),
+    ("train", "lr", _positive, "a positive number"),
+    ("train", "weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train", "plateau_epochs", lambda v: v >= 1, "at least 1"),
+    ("train", "plateau_db", lambda v: v >= 0, ">= 0"),
+    ("train", "decay_epochs", lambda v: v >= 1, "at least 1"),
+    ("train", "warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("train", "minutes", lambda v: v is None or _positive(v), "positive"),
+    ("train", "grad_clip", lambda v: v >= 0, ">= 0"),
+    ("train", "ema", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "patience", lambda v: v >= 0, ">= 0"),
+    ("train", "num_save", lambda v: v >= 0, ">= 0"),
+    ("train", "checkpoint_every", lambda v: v >= 0, ">= 0"),
+    ("data", "crop_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("data", "color_jitter", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data", "val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data", "image_size", lambda v: v >= 32, "at least 32"),
+    ("data", "max_images", lambda v: v is None or v >= 1, "at least 1"),
+]
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Reject impossible settings before any heavy work starts, in one sentence naming the flag."""
+    for section, name, ok, must in RULES:
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise FeatinvError(f"{flag_of(section, name)} must be {must}, got {value!r}.")
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            value, choices = getattr(getattr(cfg, section), f.name), f.metadata.get("choices")
+            if choices and value not in choices:
+                raise FeatinvError(f"{flag_of(section, f.name)} must be one of {', '.join(choices)}, got {value!r}.")
+    if cfg.train.cache_features and cfg.data.augment:
+        raise FeatinvError("--cache-features needs --no-augment: random crops and flips give new features every epoch.")
+    if not cfg.data.data:
+        raise FeatinvError("--data is required: a folder of images.")
+    if not cfg.backbone.layers:
+        raise FeatinvError("--layers needs at least one layer.")
+
+
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump({"format": CONFIG_FORMAT, **cfg.to_dict()}, sort_keys=False))
 
 
 def load_config(path: Union[str, Path]) -> RunConfig:
@@ -182,4 +279,6 @@ def load_config(path: Union[str, Path]) -> RunConfig:
         d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise FeatinvError(f"config file {path} is not valid YAML: {e}") from None
+    if isinstance(d, dict):
+        check_format(d.pop("format", None), CONFIG_FORMAT, "a config file of", path)
     return RunConfig.from_dict(d)

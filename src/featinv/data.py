@@ -1,4 +1,4 @@
-"""Images in, [0,1]-ready uint8 tensors out: finding files, splitting, decoding, cropping.
+"""Datasets of images: finding them (folders or prepared caches), splitting, loading in batches.
 
 Everything here returns RGB ``uint8`` tensors (3×H×W); conversion to float [0,1] happens on the
 device, where it is cheap. Nothing in this module knows about models.
@@ -8,45 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import os
-import warnings
 import dataclasses
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as TF
 
+from .cache import cache_array, is_cache, read_cache
 from .config import DataConfig
-from .utils import FeatinvError, progress_enabled
+from .images import (  # noqa: F401 - the image layer, importable from here as before
+    IMAGE_EXTENSIONS, Augment, ImageRecord, ImageSet, crop, list_folder, load_image, preprocess, probe_image,
+)
+from .utils import FeatinvError, default_num_workers, progress_enabled
 
 log = logging.getLogger("featinv")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    path: Path  # absolute; for a prepared cache, the cache folder
-    relpath: str  # POSIX path relative to the dataset root: the split key and the report name
-    label: int = -1  # class index for ImageFolder trees, -1 for flat folders
-    cache_index: int = -1  # row in a prepared cache (see featinv.cache), -1 for image files
-
-
-@dataclass
-class ImageSet:
-    root: Path
-    records: list[ImageRecord]
-    classes: list[str] = field(default_factory=list)
-    unusable: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason) known up front
-    cache_size: Optional[int] = None  # side of the stored crops, for a prepared cache
-
 
 class SkipLog:
     """Files that could not be used: each is reported once, with its reason.
@@ -87,26 +65,12 @@ def find_images(root: Union[str, Path]) -> ImageSet:
     if not root.is_dir():
         raise FeatinvError(f"{root} is not a folder; pass a folder of images (or a cache from `featinv prepare`).")
     root = root.resolve()
-    from .cache import is_cache, read_cache
-
     if is_cache(root):
         info = read_cache(root)
         records = [ImageRecord(root, f, lab, i) for i, (f, lab, ok) in enumerate(zip(info.files, info.labels, info.ok)) if ok]
         unusable = [(f, "could not be decoded when the cache was prepared") for f, ok in zip(info.files, info.ok) if not ok]
         return ImageSet(root, records, info.classes, unusable, info.size)
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
-    flat = any("/" not in rel for rel in found)
-    classes = [] if flat else sorted({rel.split("/", 1)[0] for rel in found})
-    index = {c: i for i, c in enumerate(classes)}
-    records = [
-        ImageRecord(root / rel, rel, -1 if flat else index[rel.split("/", 1)[0]]) for rel in found
-    ]
-    return ImageSet(root, records, classes)
+    return list_folder(root)
 
 
 def hash_fraction(relpath: str) -> float:
@@ -133,57 +97,6 @@ def split_records(
     return train, val
 
 
-def _to_uint8_gray(arr: np.ndarray) -> np.ndarray:
-    # 16- and 32-bit integer images: scale by the type's range, not by clipping at 255.
-    peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-    return np.clip(np.round(arr.astype(np.float64) * (255.0 / peak)), 0, 255).astype(np.uint8)
-
-
-def load_image(path: Union[str, Path]) -> Image.Image:
-    """Decode any supported file to an RGB PIL image.
-
-    EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images become RGB;
-    transparent pixels are composited onto white; animated files give their first frame.
-    Raises ``OSError``/``ValueError`` (and Pillow's decompression-bomb error) for unusable files.
-    """
-    with warnings.catch_warnings():
-        # A bomb-sized image is a reason to skip, not a warning to scroll past.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.seek(0)
-            im = ImageOps.exif_transpose(im)
-            im.load()
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        im = Image.fromarray(_to_uint8_gray(np.asarray(im)))
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
-    return im.convert("RGB")
-
-
-def probe_image(path: Union[str, Path]) -> Optional[str]:
-    """Cheap check that ``path`` is an image Pillow can open: ``None`` if fine, else the reason."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-        if w < 1 or h < 1:
-            return "image has no pixels"
-    except FileNotFoundError:
-        return "file not found (broken link?)"
-    except PermissionError:
-        return "permission denied"
-    except UnidentifiedImageError:
-        return "not an image Pillow can read"
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        return f"larger than Pillow's decompression-bomb limit ({e})"
-    except (OSError, ValueError, SyntaxError) as e:
-        return f"unreadable: {e}"
-    return None
-
-
 def probe_records(records: Sequence[ImageRecord], skips: SkipLog) -> list[ImageRecord]:
     """Keep the records whose header opens; log the others in ``skips``."""
     from tqdm.auto import tqdm
@@ -199,76 +112,6 @@ def probe_records(records: Sequence[ImageRecord], skips: SkipLog) -> list[ImageR
         else:
             skips.add(r.relpath, reason)
     return good
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training-time augmentation, drawn per (seed, epoch, image) so a resumed run replays it.
-
-    A random crop: with ``crop_scale`` 1 an ``image_size`` crop at the image's own scale; below 1
-    a random-resized crop whose area is a fraction in [``crop_scale``, 1] of the largest square
-    (aspect ratio in [3/4, 4/3]), resized to ``image_size``, so the scale varies around the
-    validation images' own (a short side of 256 gives ×0.875 to ×1.24 at ``crop_scale`` 0.5).
-    Then a horizontal flip, and colour jitter of strength ``color_jitter``. Input and target are
-    the same image, so every photometric change is a valid example for an inversion decoder.
-    """
-
-    crop_scale: float = 1.0
-    color_jitter: float = 0.0
-
-
-def preprocess(
-    img: Image.Image,
-    image_size: int = 224,
-    resize: int = 256,
-    train: bool = False,
-    generator: Optional[torch.Generator] = None,
-    augment: Augment = Augment(),
-) -> torch.Tensor:
-    """Short side to ``resize`` (upscaling small images), then a ``image_size`` crop.
-
-    Evaluation takes the center crop; training a random crop and a random horizontal flip (see
-    :class:`Augment`), drawn from ``generator`` so a run can replay them. Returns uint8 3×S×S.
-    """
-    return crop(TF.resize(TF.pil_to_tensor(img), [resize], antialias=True), image_size, train, generator, augment)
-
-
-def _uniform(lo: float, hi: float, generator: Optional[torch.Generator]) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator))
-
-
-def crop(
-    x: torch.Tensor,
-    image_size: int,
-    train: bool,
-    generator: Optional[torch.Generator] = None,
-    augment: Augment = Augment(),
-) -> torch.Tensor:
-    """The ``image_size`` crop of a uint8 3×H×W image: centered, or random (see :class:`Augment`)."""
-    h, w = x.shape[-2:]
-    if min(h, w) < image_size:
-        raise FeatinvError(f"image is {h}×{w}, smaller than the crop size {image_size} (prepare the cache at a larger --size).")
-    if not train:
-        return TF.center_crop(x, [image_size, image_size]).contiguous()
-    ch = cw = image_size
-    if augment.crop_scale < 1.0:
-        area = _uniform(augment.crop_scale, 1.0, generator) * min(h, w) ** 2
-        ratio = math.exp(_uniform(math.log(3 / 4), math.log(4 / 3), generator))
-        ch = min(h, max(8, round(math.sqrt(area / ratio))))
-        cw = min(w, max(8, round(math.sqrt(area * ratio))))
-    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
-    x = x[:, top : top + ch, left : left + cw]
-    if (ch, cw) != (image_size, image_size):
-        x = TF.resize(x, [image_size, image_size], antialias=True)
-    if torch.rand((), generator=generator) < 0.5:
-        x = x.flip(-1)
-    j = augment.color_jitter
-    if j > 0:
-        x = TF.adjust_brightness(x, _uniform(1 - j, 1 + j, generator))
-        x = TF.adjust_contrast(x, _uniform(1 - j, 1 + j, generator))
-        x = TF.adjust_saturation(x, _uniform(1 - j, 1 + j, generator))
-    return x.contiguous()
 
 
 class ImageDataset(Dataset):
@@ -305,7 +148,6 @@ class ImageDataset(Dataset):
         if self.train:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
         if rec.cache_index >= 0:
-            from .cache import cache_array
 
             pixels = torch.from_numpy(np.array(cache_array(str(rec.path))[rec.cache_index]))
             return {"index": index, "image": crop(pixels.permute(2, 0, 1), self.image_size, self.train, g, self.augment), "label": rec.label}
@@ -353,11 +195,6 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.n - self.start
-
-
-def default_num_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(cpus - 1, 8))
 
 
 def make_loader(

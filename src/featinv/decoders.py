@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import FUSIONS, NORMS, UPSAMPLERS  # noqa: F401 - the lists of choices, defined once
 from .utils import FeatinvError
 
 Shapes = dict[str, tuple[int, int, int]]
@@ -58,9 +59,6 @@ class SeedDecoder(nn.Module):
         return x
 
 
-NORMS = ("batch", "none")
-UPSAMPLERS = ("pixelshuffle", "convtranspose", "resize")
-FUSIONS = ("add", "concat")
 
 
 def _norm(kind: str, c: int) -> nn.Module:

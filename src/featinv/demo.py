@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import torch
 
-from . import report
+from . import figures
 from .backbones import get_spec, imagenet_weights_present
 from .config import BackboneConfig, DataConfig, DecoderConfig, RunConfig, TrainConfig
 from .data import ImageDataset, SkipLog, find_images, make_loader, sample_images_dir, to_float, usable_records
@@ -83,13 +83,13 @@ def depth_study(out: Path, device: str) -> list[dict[str, Any]]:
                      "thumb_psnr": float(t["psnr"].mean()), "thumb_ssim": float(t["ssim"].mean()),
                      "val_psnr_imagenet": run.summary["val"]["psnr"]})
         titles.append(f"{stage} (stride {stride})")
-        columns.append(report.uint8_images(y))
+        columns.append(figures.uint8_images(y))
         labels.append([f"{p:.1f} dB / {q:.2f}" for p, q in zip(s["psnr"].tolist(), s["ssim"].tolist())])
-    fig = report.image_grid(
-        report.uint8_images(x), titles, columns, labels,
+    fig = figures.image_grid(
+        figures.uint8_images(x), titles, columns, labels,
         "What each depth of EfficientNet-Lite0 keeps: the shipped decoders on three held-out photos (PSNR / SSIM)",
     )
-    report.save_figure(fig, out / "depths.png")
+    figures.save_figure(fig, out / "depths.png")
     return rows
 
 

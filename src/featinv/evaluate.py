@@ -13,11 +13,11 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from . import metrics as M
-from . import report
+from . import figures
 from .backbones import FeatureExtractor, load_strict
-from .config import RunConfig, load_config
+from .config import RunConfig
 from .data import (
     ImageDataset,
     ImageRecord,
@@ -32,6 +32,7 @@ from .data import (
     usable_records,
 )
 from .decoders import decoder_from_spec
+from .rundir import RunDir
 from .utils import FeatinvError, atomic_write_text, autocast, progress_enabled, resolve_device, resolve_precision
 
 log = logging.getLogger("featinv")
@@ -127,10 +128,10 @@ def save_pairs(ev: Evaluation, out: Path, title: str) -> None:
         return
     results = out / "results"
     for i, (a, b) in enumerate(zip(ev.originals, ev.reconstructions)):
-        report.save_png(a, results / f"original_{i}.png")
-        report.save_png(b, results / f"reconstruction_{i}.png")
+        figures.save_png(a, results / f"original_{i}.png")
+        figures.save_png(b, results / f"reconstruction_{i}.png")
     n = len(ev.originals)
-    report.comparison_figure(
+    figures.comparison_figure(
         ev.originals,
         ev.reconstructions,
         [f"PSNR {r['psnr']:.2f} dB\nSSIM {r['ssim']:.3f}" for r in ev.per_image[:n]],
@@ -170,7 +171,7 @@ def save_extremes(
     best = {r["file"] for r in ranked[:k]}
     labels = [f"{'best' if r.relpath in best else 'worst'}: {score_of[r.relpath]['psnr']:.2f} dB\n"
               f"SSIM {score_of[r.relpath]['ssim']:.3f}" for r in recs]
-    report.comparison_figure(batch["image"], (y.float() * 255).round().to(torch.uint8).cpu(), labels,
+    figures.comparison_figure(batch["image"], (y.float() * 255).round().to(torch.uint8).cpu(), labels,
                              f"{title} — best and worst by PSNR", out / "results" / "best_worst.png")
 
 
@@ -206,31 +207,27 @@ class Run:
                            num_workers=num_workers, pin_memory=self.device.type == "cuda")
 
     def describe(self) -> str:
-        b = self.config.backbone
-        text = f"{b.name} ({self.extractor.weights_info['weights']} weights), layers {'+'.join(b.layers)}, {self.config.decoder.name} decoder"
-        return text + ("\n" + " ".join(self.config.notes) if self.config.notes else "")
+        return run_title(self.config, self.extractor.weights_info["weights"])
+
+
+def run_title(cfg: RunConfig, weights: str) -> str:
+    """The title of a run's figures: backbone, weights, layers, decoder, then its notes."""
+    b = cfg.backbone
+    text = f"{b.name} ({weights} weights), layers {'+'.join(b.layers)}, {cfg.decoder.name} decoder"
+    return text + ("\n" + " ".join(cfg.notes) if cfg.notes else "")
 
 
 def load_decoder_export(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``decoder.json`` and the tensors of ``decoder.safetensors`` from a run directory."""
-    from safetensors.torch import load_file
-
-    meta_path, weights_path = path / "decoder.json", path / "decoder.safetensors"
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise FeatinvError(
-            f"{path} has no exported decoder (decoder.json + decoder.safetensors); "
-            "is it a finished featinv run directory?"
-        )
-    return json.loads(meta_path.read_text(encoding="utf-8")), load_file(str(weights_path))
+    return RunDir(path).read_decoder()
 
 
 def load_run(path: Union[str, Path], device: str = "auto") -> Run:
     """Rebuild the backbone and the exported decoder of a run directory."""
-    path = Path(path)
-    if not (path / "config.yaml").is_file():
-        raise FeatinvError(f"{path} is not a featinv run directory (no config.yaml).")
-    cfg = load_config(path / "config.yaml")
-    meta, tensors = load_decoder_export(path)
+    rd = RunDir(path)
+    path = rd.path
+    cfg = rd.read_config()
+    meta, tensors = rd.read_decoder()
     dev = resolve_device(device)
     b = cfg.backbone
     if meta.get("backbone") != b.name or meta.get("layers") != b.layers:
@@ -257,8 +254,7 @@ def load_run(path: Union[str, Path], device: str = "auto") -> Run:
             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})."
         ) from None
     load_strict(decoder, tensors, str(path / "decoder.safetensors"))
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    summary = rd.read_summary()
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     return Run(path, cfg, extractor.to(dev, memory_format=mf), decoder.to(dev, memory_format=mf).eval(), dev, summary,
                resolve_precision(cfg.train.precision, dev))
@@ -316,7 +312,7 @@ def evaluate_run(
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     write_per_image(ev.per_image, out / "per_image.csv")
     if skips:
-        report.write_skipped(skips.rows(), out / "skipped.csv")
+        figures.write_skipped(skips.rows(), out / "skipped.csv")
     save_pairs(ev, out, f"{run.describe()} — {source}")
     log.info(
         "evaluated %d images: MSE %.5f  PSNR %.2f dB  SSIM %.4f (%d skipped)",
@@ -345,7 +341,7 @@ def reconstruct_files(
         stem = f"{i}_{p.stem}"
         for kind, t in (("original", x8), ("reconstruction", (y * 255).round().to(torch.uint8))):
             target = out / f"{kind}_{stem}.png"
-            report.save_png(t, target)
+            figures.save_png(t, target)
             written.append(target)
     return written
 
@@ -378,7 +374,7 @@ def write_semantics(run: Run) -> Optional[dict[str, float]]:
     _, val = split_for_config(run.config.data, SkipLog())
     result = run_semantics(run, val, run.config.train.batch_size, run.config.data.num_workers)
     if result is not None:
-        atomic_write_text(run.path / "semantic.json", json.dumps(result, indent=2) + "\n")
+        RunDir(run.path).write_semantics(result)
     return result
 
 

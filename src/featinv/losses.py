@@ -6,7 +6,7 @@ perceptual term runs its backbone under whatever autocast the caller set.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,6 @@ TARGET_RANGE_MESSAGE = (
     "loss targets must be [0,1] RGB images; got values outside [0,1] "
     "(ImageNet-normalized targets were the original project's fault)"
 )
-TERMS = ("mse", "l1", "ssim", "ms_ssim", "perceptual")
 
 
 def check_target_range(target: torch.Tensor) -> None:
@@ -93,26 +92,30 @@ class PerceptualLoss(nn.Module):
         return torch.stack(terms).mean()
 
 
-class ReconstructionLoss(nn.Module):
-    """Weighted sum of the enabled terms between a reconstruction and its [0,1] target."""
+# The loss registry: pixel terms by name (each a function of float32 prediction and target), then
+# the perceptual term, which needs a backbone. Each has a weight field of the same name in LossConfig.
+PIXEL_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": F.mse_loss, "l1": F.l1_loss, "ssim": ssim_loss, "ms_ssim": ms_ssim_loss,
+}
+TERMS = (*PIXEL_TERMS, "perceptual")
 
-    def __init__(
-        self,
-        mse: float = 1.0,
-        l1: float = 0.0,
-        ssim: float = 0.0,
-        ms_ssim: float = 0.0,
-        perceptual: float = 0.0,
-        perceptual_module: Optional[PerceptualLoss] = None,
-    ) -> None:
+
+class ReconstructionLoss(nn.Module):
+    """Weighted sum of the enabled terms (``TERMS``, by keyword; mse=1 unless given) between a
+    reconstruction and its [0,1] target."""
+
+    def __init__(self, perceptual_module: Optional[PerceptualLoss] = None, **weights: float) -> None:
         super().__init__()
-        weights = {"mse": mse, "l1": l1, "ssim": ssim, "ms_ssim": ms_ssim, "perceptual": perceptual}
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise FeatinvError(f"unknown loss term(s) {', '.join(unknown)}; terms: {', '.join(TERMS)}.")
+        weights = {"mse": 1.0, **weights}
         bad = [k for k, w in weights.items() if w < 0 or w != w]
         if bad:
             raise FeatinvError(f"loss weights must be >= 0; got {', '.join(f'{k}={weights[k]}' for k in bad)}.")
-        self.weights = {k: float(w) for k, w in weights.items() if w > 0}
+        self.weights = {k: float(weights[k]) for k in TERMS if weights.get(k, 0) > 0}
         if not self.weights:
-            raise FeatinvError("the loss needs a positive weight on at least one term (mse, l1, ssim, ms_ssim, perceptual).")
+            raise FeatinvError(f"the loss needs a positive weight on at least one term ({', '.join(TERMS)}).")
         if "perceptual" in self.weights and perceptual_module is None:
             raise FeatinvError("a perceptual loss weight needs a PerceptualLoss module (build_loss makes one).")
         self.perceptual = perceptual_module if "perceptual" in self.weights else None
@@ -120,21 +123,16 @@ class ReconstructionLoss(nn.Module):
     @property
     def parts(self) -> list[str]:
         """Names of the enabled terms, in the order they are logged."""
-        return [k for k in TERMS if k in self.weights]
+        return list(self.weights)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         check_target_range(target)
         parts: dict[str, torch.Tensor] = {}
         with torch.autocast(pred.device.type, enabled=False):
             p, t = pred.float(), target.float()
-            if "mse" in self.weights:
-                parts["mse"] = F.mse_loss(p, t)
-            if "l1" in self.weights:
-                parts["l1"] = F.l1_loss(p, t)
-            if "ssim" in self.weights:
-                parts["ssim"] = ssim_loss(p, t)
-            if "ms_ssim" in self.weights:
-                parts["ms_ssim"] = ms_ssim_loss(p, t)
+            for k, term in PIXEL_TERMS.items():
+                if k in self.weights:
+                    parts[k] = term(p, t)
         if self.perceptual is not None:
             parts["perceptual"] = self.perceptual(pred, target).float()
         parts["loss"] = sum(self.weights[k] * v for k, v in parts.items())
@@ -148,4 +146,4 @@ def build_loss(cfg: LossConfig, backbone: str = "resnet50", weights: str = "imag
         name = cfg.perceptual_backbone or backbone
         w = cfg.perceptual_weights if cfg.perceptual_backbone else weights
         module = PerceptualLoss(name, w, cfg.perceptual_layers or None, seed=seed)
-    return ReconstructionLoss(cfg.mse, cfg.l1, cfg.ssim, cfg.ms_ssim, cfg.perceptual, module)
+    return ReconstructionLoss(module, **{t: getattr(cfg, t) for t in TERMS})

@@ -1,4 +1,4 @@
-"""Figures and small files from values already computed; nothing here measures anything."""
+"""The report: run directories → table rows, study figures and the HTML page; nothing here measures anything."""
 
 from __future__ import annotations
 
@@ -8,113 +8,21 @@ import html
 import io
 import json
 import statistics
-import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 
+from .figures import figure_bytes, image_grid, pyplot
+from .rundir import RunDir
 from .utils import FeatinvError, atomic_write_bytes, atomic_write_text
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _wrap(title: str, width: int) -> str:
-    return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
-
-
-def _figure_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buf.getvalue()
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure as a PNG (atomically) and close it."""
-    atomic_write_bytes(path, _figure_bytes(fig))
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """Write a uint8 3×H×W tensor as a PNG file."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def comparison_figure(
-    originals: torch.Tensor, reconstructions: torch.Tensor, labels: Sequence[str], title: str, path: Path
-) -> None:
-    """Originals (top row) over reconstructions (bottom row), each labelled, saved to ``path``."""
-    save_figure(comparison_fig(originals, reconstructions, labels, title), path)
-
-
-def comparison_fig(originals: torch.Tensor, reconstructions: torch.Tensor, labels: Sequence[str], title: str):
-    plt = _pyplot()
-    n = len(originals)
-    # Constrained layout makes room for a title of any length above the images, never over them.
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 5.0), squeeze=False, layout="constrained")
-    for i in range(n):
-        for row, (imgs, name) in enumerate(((originals, "original"), (reconstructions, "reconstruction"))):
-            ax = axes[row][i]
-            ax.imshow(imgs[i].permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(name)
-        axes[1][i].set_xlabel(labels[i], fontsize=8)
-    fig.suptitle(_wrap(title, max(40, 22 * n)), fontsize=9)
-    return fig
-
-
-def loss_curve(rows: Sequence[dict], title: str, path: Path) -> None:
-    """Train loss and val MSE per epoch (log scale), val PSNR on a second axis."""
-    plt = _pyplot()
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train loss")
-    ax.plot(epochs, [float(r["val_mse"]) for r in rows], "s-", label="val MSE")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss / MSE")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [float(r["val_psnr"]) for r in rows], "^--", color="tab:green", label="val PSNR")
-    ax2.set_ylabel("val PSNR (dB)")
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
-    ax.set_title(_wrap(title, 80), fontsize=9)
-    save_figure(fig, path)
-
-
-def write_skipped(rows: Sequence[tuple[str, str]], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "reason"])
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 # ── run directories → table rows ──────────────────────────────────────────────────────────────
 
 
 def run_completed(run_dir: Path) -> bool:
-    path = Path(run_dir) / "summary.json"
-    return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("status") == "completed"
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return RunDir(run_dir).completed()
 
 
 def _layer_set_label(backbone: str, layers: Sequence[str]) -> str:
@@ -129,10 +37,11 @@ def _layer_set_label(backbone: str, layers: Sequence[str]) -> str:
 def run_row(run_dir: Path) -> dict[str, Any]:
     """One table row from a finished run directory (its summary, per-image scores, semantics)."""
     run_dir = Path(run_dir)
-    if not run_completed(run_dir):
+    rd = RunDir(run_dir)
+    if not rd.completed():
         raise FeatinvError(f"{run_dir} is not a finished featinv run (no completed summary.json).")
-    s = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    per = _read_csv(run_dir / "results" / "per_image.csv")
+    s = rd.read_summary()
+    per = rd.read_per_image()
     stride = min(s["strides"].values())
     bicubic = next((v for k, v in s["reference"].items() if k.startswith("bicubic")), {})
     mean_img = s["reference"].get("mean_image", {})
@@ -168,9 +77,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         top1_agreement=None,
         top5_agreement=None,
     )
-    sem = run_dir / "semantic.json"
-    if sem.is_file():
-        d = json.loads(sem.read_text(encoding="utf-8"))
+    d = rd.read_semantics()
+    if d is not None:
         row.update(top1_agreement=d["top1_agreement"], top5_agreement=d["top5_agreement"])
     return row
 
@@ -181,7 +89,7 @@ def expand_report_paths(paths: Sequence[Path]) -> list[Path]:
     for p in map(Path, paths):
         if (p / "sweep.json").is_file():
             runs += [p / "runs" / name for name in json.loads((p / "sweep.json").read_text())["runs"]]
-        elif (p / "summary.json").is_file() or (p / "config.yaml").is_file():
+        elif RunDir(p).summary_path.is_file() or RunDir(p).has_config():
             runs.append(p)
         else:
             raise FeatinvError(f"{p} is neither a featinv run nor a sweep directory.")
@@ -263,7 +171,7 @@ def write_tables(rows: Sequence[dict[str, Any]], out: Path) -> None:
 
 def metrics_vs_depth_figure(rows: Sequence[dict[str, Any]]):
     """PSNR and SSIM per layer set, a line per backbone/weights, reference lines drawn in."""
-    plt = _pyplot()
+    plt = pyplot()
     sets = list(dict.fromkeys(r["layer_set"] for r in rows))
     stride_of = {r["layer_set"]: r["stride"] for r in rows}
     xs = {s: i for i, s in enumerate(sets)}
@@ -293,10 +201,10 @@ def metrics_vs_depth_figure(rows: Sequence[dict[str, Any]]):
 def learning_curves_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]]):
     """Val PSNR per epoch, one line per configuration, whether it converged in the legend, so a
     reader sees which decoders had stopped improving."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for d, r in zip(run_dirs, rows):
-        metrics = _read_csv(Path(d) / "metrics.csv")
+        metrics = RunDir(d).read_metrics()
         label = f"{_model_label(r)} {r['layer_set']} (converged: {_converged(r)})"
         ax.plot([int(m["epoch"]) for m in metrics], [float(m["val_psnr"]) for m in metrics], "o-", ms=3, label=label)
     ax.set_xlabel("epoch")
@@ -316,13 +224,13 @@ def _load_png(path: Path) -> np.ndarray:
 
 def _pairs(run_dirs: Sequence[Path], n: int) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[list[str]]]:
     """Originals from the first run; every run's reconstructions and per-image labels."""
-    first = Path(run_dirs[0]) / "results"
+    first = RunDir(run_dirs[0]).results
     k = 0
-    while k < n and all((Path(d) / "results" / f"reconstruction_{k}.png").is_file() for d in run_dirs):
+    while k < n and all((RunDir(d).results / f"reconstruction_{k}.png").is_file() for d in run_dirs):
         k += 1
     originals = [_load_png(first / f"original_{i}.png") for i in range(k)]
     for d in run_dirs[1:]:
-        if any((Path(d) / "results" / f"original_{i}.png").read_bytes() != (first / f"original_{i}.png").read_bytes()
+        if any((RunDir(d).results / f"original_{i}.png").read_bytes() != (first / f"original_{i}.png").read_bytes()
                for i in range(k)):
             raise FeatinvError(
                 f"{d} and {run_dirs[0]} were scored on different held-out images; the grid needs runs with the "
@@ -330,8 +238,8 @@ def _pairs(run_dirs: Sequence[Path], n: int) -> tuple[list[np.ndarray], list[lis
             )
     recons, labels = [], []
     for d in run_dirs:
-        per = _read_csv(Path(d) / "results" / "per_image.csv")
-        recons.append([_load_png(Path(d) / "results" / f"reconstruction_{i}.png") for i in range(k)])
+        per = RunDir(d).read_per_image()
+        recons.append([_load_png(RunDir(d).results / f"reconstruction_{i}.png") for i in range(k)])
         labels.append([f"{float(per[i]['psnr']):.1f} dB / {float(per[i]['ssim']):.2f}" for i in range(k)])
     return originals, recons, labels
 
@@ -345,49 +253,6 @@ def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int
     titles = [f"{_model_label(r)}\n{r['layer_set']}" for r in rows]
     suptitle = "per-pixel absolute error" if errors else "held-out images and their reconstructions (PSNR / SSIM)"
     return image_grid(originals, titles, recons, labels, suptitle, errors=errors)
-
-
-def uint8_images(x: torch.Tensor) -> list[np.ndarray]:
-    """B×3×H×W floats in [0,1] → H×W×3 uint8 arrays, as ``image_grid`` takes them."""
-    return [(t.detach().float().permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy() for t in x]
-
-
-def image_grid(
-    originals: Sequence[np.ndarray],
-    titles: Sequence[str],
-    columns: Sequence[Sequence[np.ndarray]],
-    labels: Sequence[Sequence[str]],
-    suptitle: str,
-    errors: bool = False,
-):
-    """Rows = images; the original, then one column per entry of ``columns`` (uint8 H×W×3 arrays,
-    labelled below by ``labels``), titled by ``titles``; with ``errors``, per-pixel |error| maps."""
-    plt = _pyplot()
-    cols = 1 + len(columns)
-    fig, axes = plt.subplots(len(originals), cols, figsize=(2.1 * cols, 2.2 * len(originals)), squeeze=False,
-                             layout="constrained")
-    image = None
-    for i, x in enumerate(originals):
-        axes[i][0].imshow(x)
-        for j, title in enumerate(titles):
-            ax = axes[i][j + 1]
-            if errors:
-                err = np.abs(columns[j][i].astype(np.float32) - x.astype(np.float32)).mean(-1) / 255.0
-                image = ax.imshow(err, cmap="magma", vmin=0.0, vmax=0.5)
-            else:
-                ax.imshow(columns[j][i])
-            ax.set_xlabel(labels[j][i], fontsize=7)
-            if i == 0:
-                # wrapped to the column's width, so neighbouring titles never run into each other
-                ax.set_title(_wrap(title, 24), fontsize=7)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0][0].set_title("original", fontsize=8)
-    if errors and image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="|error| (mean over RGB)")
-    fig.suptitle(suptitle, fontsize=10)
-    return fig
 
 
 # ── the HTML report ───────────────────────────────────────────────────────────────────────────
@@ -443,9 +308,9 @@ def validation_source(cfg: Any) -> str:
 def differing_settings(run_dirs: Sequence[Path]) -> dict[str, str]:
     """``{"settings that differ": ...}`` naming, run by run, every config key whose value is not
     the same in all runs (the backbone and layers aside: the table shows those); {} if none."""
-    from .config import diff_configs, load_config
+    from .config import diff_configs
 
-    configs = [load_config(Path(d) / "config.yaml").to_dict() for d in run_dirs]
+    configs = [RunDir(d).read_config().to_dict() for d in run_dirs]
     keys = sorted({k for c in configs[1:] for k in diff_configs(configs[0], c) + diff_configs(c, configs[0])}
                   - {("backbone", "name"), ("backbone", "weights"), ("backbone", "layers"), ("notes",)})
     if not keys:
@@ -460,6 +325,32 @@ def differing_settings(run_dirs: Sequence[Path]) -> dict[str, str]:
     return {"settings that differ between runs": "\n".join(lines)}
 
 
+def _facts(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """"What was run": data, models, recipe, time, software, and the settings that differ."""
+    from ._version import __version__
+
+    cfg = RunDir(run_dirs[0]).read_config()
+    first = RunDir(run_dirs[0]).read_summary()
+    t = cfg.train
+    budget = f"{t.minutes:g} min of training (at most {t.epochs} epochs)" if t.minutes else f"{t.epochs} epochs"
+    facts = {
+        "training data": cfg.data.data,
+        "validation data": validation_source(cfg),
+        "images (train / val)": f"{first['train_images']} / {first['val_images']}",
+        "backbones and weights": ", ".join(dict.fromkeys(_model_label(r) for r in rows)),
+        "decoder": f"{cfg.decoder.name} " + (", ".join(f"{k} {v}" for k, v in cfg.decoder.options().items()) or "(no options)"),
+        "loss": " + ".join(f"{w:g}·{k}" for k, w in cfg.loss.__dict__.items() if isinstance(w, float) and w > 0),
+        "budget per configuration": f"{budget}, batch {t.batch_size}, lr {t.lr}, {t.schedule} schedule, seed {t.seed}",
+        "total training time": f"{sum(r['train_time_s'] for r in rows):.0f} s",
+        "device": first.get("device", "?"),
+        "software": f"featinv {__version__}, torch {first.get('torch_version', '?')}",
+    }
+    if cfg.notes:
+        facts["notes"] = " ".join(cfg.notes)
+    facts.update(differing_settings(run_dirs))
+    return facts
+
+
 def build_report(
     paths: Sequence[Path],
     out_html: Path,
@@ -471,43 +362,21 @@ def build_report(
 
     Returns the table rows. ``figures_dir`` also receives the figures as PNG files.
     """
-    from . import __version__
-    from .config import load_config
-
     run_dirs = expand_report_paths(paths)
     if not run_dirs:
         raise FeatinvError("nothing to report: no run directories given.")
     rows = [run_row(d) for d in run_dirs]
     figures = {
-        "metrics_vs_depth": _figure_bytes(metrics_vs_depth_figure(rows)),
-        "learning_curves": _figure_bytes(learning_curves_figure(run_dirs, rows)),
-        "grid": _figure_bytes(grid_figure(run_dirs, rows)),
-        "error_maps": _figure_bytes(grid_figure(run_dirs, rows, errors=True)),
+        "metrics_vs_depth": figure_bytes(metrics_vs_depth_figure(rows)),
+        "learning_curves": figure_bytes(learning_curves_figure(run_dirs, rows)),
+        "grid": figure_bytes(grid_figure(run_dirs, rows)),
+        "error_maps": figure_bytes(grid_figure(run_dirs, rows, errors=True)),
     }
     if figures_dir is not None:
         for name, data in figures.items():
             atomic_write_bytes(Path(figures_dir) / f"{name}.png", data)
-    cfg = load_config(Path(run_dirs[0]) / "config.yaml")
-    first = json.loads((Path(run_dirs[0]) / "summary.json").read_text(encoding="utf-8"))
-    facts = {
-        "training data": cfg.data.data,
-        "validation data": validation_source(cfg),
-        "images (train / val)": f"{first['train_images']} / {first['val_images']}",
-        "backbones and weights": ", ".join(dict.fromkeys(_model_label(r) for r in rows)),
-        "decoder": f"{cfg.decoder.name} " + (", ".join(f"{k} {v}" for k, v in cfg.decoder.options().items()) or "(no options)"),
-        "loss": " + ".join(f"{w:g}·{k}" for k, w in cfg.loss.__dict__.items() if isinstance(w, float) and w > 0),
-        "budget per configuration": (f"{cfg.train.minutes:g} min of training (at most {cfg.train.epochs} epochs)"
-                                     if cfg.train.minutes else f"{cfg.train.epochs} epochs") + f", batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
-                                    f"{cfg.train.schedule} schedule, seed {cfg.train.seed}",
-        "total training time": f"{sum(r['train_time_s'] for r in rows):.0f} s",
-        "device": first.get("device", "?"),
-        "software": f"featinv {__version__}, torch {first.get('torch_version', '?')}",
-        **(info or {}),
-    }
-    if cfg.notes:
-        facts["notes"] = " ".join(cfg.notes)
-    facts.update(differing_settings(run_dirs))
-    commands = [json.loads((Path(d) / "summary.json").read_text(encoding="utf-8")).get("command") for d in run_dirs]
+    facts = {**_facts(run_dirs, rows), **(info or {})}
+    commands = [RunDir(d).read_summary().get("command") for d in run_dirs]
     if "command" not in facts and any(commands):
         facts["commands" if len(set(commands)) > 1 else "command"] = "\n".join(
             dict.fromkeys(f"{Path(d).name}: {c}" if len(set(commands)) > 1 else c for d, c in zip(run_dirs, commands) if c))

@@ -18,9 +18,10 @@ from typing import Any, Optional, Sequence, Union
 
 from . import report
 from .backbones import get_spec, resolve_layers
-from .config import BackboneConfig, RunConfig
+from .config import BackboneConfig, RunConfig, validate_config
 from .evaluate import load_run, write_semantics
-from .train import has_checkpoint, train, validate_config
+from .rundir import RunDir
+from .train import train
 from .utils import FeatinvError, atomic_write_text
 
 log = logging.getLogger("featinv")
@@ -94,9 +95,9 @@ def check_same_settings(
 ) -> None:
     """A finished run is reused only if it was trained as ``cfg`` would train it (``ignored``
     keys aside: by default those that change where it ran, not what it learned)."""
-    from .config import diff_configs, load_config
+    from .config import diff_configs
 
-    changed = [k for k in diff_configs(load_config(run_dir / "config.yaml").to_dict(), cfg.to_dict()) if k not in ignored]
+    changed = [k for k in diff_configs(RunDir(run_dir).read_config().to_dict(), cfg.to_dict()) if k not in ignored]
     if changed:
         raise FeatinvError(
             f"{run_dir} was trained with other settings ({', '.join('.'.join(k) for k in changed)}); "
@@ -137,15 +138,15 @@ def run_sweep(
     for i, e in enumerate(entries, 1):
         run_dir = out / "runs" / e.name
         log.info("── sweep %d/%d: %s", i, len(entries), e.name)
-        if report.run_completed(run_dir):
+        if RunDir(run_dir).completed():
             check_same_settings(run_dir, entry_config(base, e))
             log.info("already finished; skipping")
         else:
-            resume = has_checkpoint(run_dir)
+            resume = RunDir(run_dir).has_checkpoint()
             if not resume and run_dir.exists():
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
             train(entry_config(base, e), run_dir, resume=resume, command=command, semantic=semantic)
-        if semantic and e.weights != "random" and not (run_dir / "semantic.json").is_file():
+        if semantic and e.weights != "random" and RunDir(run_dir).read_semantics() is None:
             write_semantics(load_run(run_dir, device=base.train.device))  # a run finished by an older version
     run_dirs = [out / "runs" / e.name for e in entries]
     rows = report.build_report(

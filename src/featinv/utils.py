@@ -14,11 +14,25 @@ from typing import Callable, Iterator, Optional, Union
 
 import torch
 
+from ._version import __version__
+
 log = logging.getLogger("featinv")
 
 
 class FeatinvError(Exception):
     """An error the user can fix; the CLI prints its message as one line and exits with 2."""
+
+
+def check_format(found: object, known: int, what: str, path: Union[str, Path]) -> int:
+    """The format version of a file (1 where it has none, as featinv 0.1.0 wrote them); one
+    sentence when it is newer than this featinv reads."""
+    version = 1 if found is None else found
+    if not isinstance(version, int) or isinstance(version, bool) or version > known:
+        raise FeatinvError(
+            f"{path} is {what} format {version}, written by a newer featinv; this is featinv {__version__}, "
+            f"which reads formats up to {known}: upgrade featinv to use it."
+        )
+    return version
 
 
 def _umask() -> int:
@@ -158,3 +172,8 @@ def autocast(precision: str, device: torch.device):
     """Mixed precision for the forward passes; fp32 is a no-op context."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def default_num_workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(cpus - 1, 8))

@@ -1,0 +1,85 @@
+"""Learning-rate schedules and the stopping rule: pure functions of counts and histories.
+
+The training loop asks them; nothing here touches a model, a file or a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+
+def cosine(progress: float) -> float:
+    """Cosine decay from 1 at progress 0 to 0 at progress 1."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+def plateaued(history: Sequence[float], window: int, min_gain: float) -> bool:
+    """The stopping rule: True when the best of the last ``window`` values (val PSNR per epoch)
+    beats the best before them by less than ``min_gain``. Needs more than ``window`` values.
+
+    The best, not the last, so that one noisy epoch neither fires the rule nor hides a plateau.
+    """
+    if window < 1 or len(history) <= window:
+        return False
+    return max(history[-window:]) - max(history[:-window]) < min_gain
+
+
+def plateau_factor(step: int, warmup_steps: int, decay_start: Optional[int], decay_steps: int) -> float:
+    """The plateau schedule: linear warm-up, then constant until ``decay_start`` (unknown until the
+    rule fires), then a cosine to zero over ``decay_steps``."""
+    warm = (step + 1) / warmup_steps if warmup_steps and step < warmup_steps else 1.0
+    if decay_start is None or step < decay_start:
+        return warm
+    return min(warm, cosine((step - decay_start) / max(1, decay_steps)))
+
+
+def lr_factor(total_steps: int, warmup_steps: int, schedule: str) -> Callable[..., float]:
+    """Linear warm-up, then cosine decay to zero (or constant).
+
+    ``f(step)`` decays over the steps after the warm-up; ``f(step, progress)`` (a time budget)
+    decays over ``progress``, the elapsed fraction of the budget, capped by the warm-up ramp.
+    """
+
+    def f(step: int, progress: Optional[float] = None) -> float:
+        warm = (step + 1) / warmup_steps if warmup_steps and step < warmup_steps else 1.0
+        if schedule == "constant":
+            return warm
+        if progress is not None:
+            return min(warm, cosine(progress))
+        if warm < 1.0:
+            return warm
+        return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+    return f
+
+
+@dataclass(frozen=True)
+class Decay:
+    """The plateau schedule's decision after an epoch: decay over ``epochs`` epochs from now;
+    ``converged``: the stopping rule (not a budget) asked for it."""
+
+    epochs: int
+    converged: bool
+
+
+def decide_decay(
+    psnr_history: Sequence[float], room_epochs: int, window: int, min_gain: float, decay_epochs: int
+) -> Optional[Decay]:
+    """Whether the plateau schedule starts its final decay now. ``room_epochs``: whole epochs the
+    budgets (epoch cap, time) still allow. None: keep the constant rate."""
+    if plateaued(psnr_history, window, min_gain):
+        return Decay(max(1, min(decay_epochs, room_epochs)), True)
+    if 0 < room_epochs <= decay_epochs:  # the budget ends soon and PSNR still rises: flagged
+        return Decay(room_epochs, False)
+    return None
+
+
+def room_left(epochs_done: int, epoch_cap: int, budget_s: Optional[float], spent_s: float) -> int:
+    """Whole epochs that still fit under the epoch cap and, at the mean epoch time so far, the time budget."""
+    left = epoch_cap - epochs_done
+    if budget_s is None:
+        return left
+    per_epoch = max(spent_s / max(1, epochs_done), 1e-9)
+    return min(left, int((budget_s - spent_s) / per_epoch))
