@@ -160,7 +160,7 @@ def _resume_and_compare(out: Path, tiny_run: Path) -> None:
     """Resume ``out``: exactly the steps its checkpoint lacks are run, the earlier session's
     metrics rows stay as they were, and the run ends as the uninterrupted ``tiny_run``."""
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    before = read_rows(out)
+    before = [r for r in read_rows(out) if int(r["epoch"]) <= ckpt["epoch"]]  # the epochs the checkpoint vouches for
     _, steps = resume_counting_steps(out)
     assert steps == STEPS - (3 * ckpt["epoch"] + ckpt["step"])
     rows = read_rows(out)

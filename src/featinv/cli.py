@@ -24,18 +24,39 @@ def _default_text(value: object) -> str:
 def add_config_flags(p: argparse.ArgumentParser, skip: frozenset = frozenset()) -> None:
     """One flag per config field that has one (``featinv.config.setting``), its help and default
     taken from the field; ``--set SECTION.KEY=VALUE`` reaches every field, flag or not."""
+    from .config import SECTIONS
+
+    add_section_flags(p, SECTIONS, skip)
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", dest="set_items",
+                   help="any config.yaml key, e.g. --set data.image_size=160 train.channels_last=false "
+                   "(applied before the flags above)")
+    from .losses import TERMS
+
+    terms = " ".join(f"{k}={v:g}" for k, v in vars(SECTIONS["loss"]()).items() if k in TERMS and v > 0)
+    p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
+                   help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: {', '.join(TERMS)}; "
+                   f"unnamed terms get weight 0 (default {terms})")
+    p.add_argument("--perceptual-backbone", metavar="NAME[:WEIGHTS]",
+                   help="backbone of the perceptual loss (default: the run's own, frozen)")
+    p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
+
+
+def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozenset = frozenset()) -> None:
+    """The flags of the fields of ``sections`` ({name: dataclass}); values land in ``args`` as
+    ``"name.field"`` (None when not given)."""
     import dataclasses
     import typing
 
-    from .config import SECTIONS, default_of, flag_of
+    from .config import default_of
 
-    for section, cls in SECTIONS.items():
+    for section, cls in sections.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             key = f"{section}.{f.name}"
             if f.metadata.get("flag", "") is None or key in skip:
                 continue
-            flag, default, tp = flag_of(section, f.name), default_of(f), hints[f.name]
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            default, tp = default_of(f), hints[f.name]
             metavar = f.metadata.get("metavar") or flag.lstrip("-").upper().replace("-", "_")
             kw: dict = {"dest": key, "default": None, "help": f.metadata["help"]}
             if tp is bool:  # a flag that turns the default around: --strict, --no-augment
@@ -52,18 +73,6 @@ def add_config_flags(p: argparse.ArgumentParser, skip: frozenset = frozenset()) 
                 if "(default" not in kw["help"]:
                     kw["help"] += f" (default {_default_text(default)})"
             p.add_argument(flag, **kw)
-    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", dest="set_items",
-                   help="any config.yaml key, e.g. --set data.image_size=160 train.channels_last=false "
-                   "(applied before the flags above)")
-    from .losses import TERMS
-
-    terms = " ".join(f"{k}={v:g}" for k, v in vars(SECTIONS["loss"]()).items() if k in TERMS and v > 0)
-    p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
-                   help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: {', '.join(TERMS)}; "
-                   f"unnamed terms get weight 0 (default {terms})")
-    p.add_argument("--perceptual-backbone", metavar="NAME[:WEIGHTS]",
-                   help="backbone of the perceptual loss (default: the run's own, frozen)")
-    p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
 
 
 def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -107,6 +116,46 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    "(instead of --backbone with --weights)")
     p.add_argument("--no-semantic", action="store_true", help="skip the classifier agreement on reconstructions")
     _add_run_flags(p, sweep=True)
+
+
+def _invert_parser(sub: argparse._SubParsersAction) -> None:
+    from .invert import METHODS, InvertConfig
+
+    p = sub.add_parser(
+        "invert", help="invert by optimisation: search the image whose features match (from noise, or refine a decoder's)",
+        description="Gradient descent on the pixels until the backbone's features match the original's "
+        "(Mahendran & Vedaldi 2015), with total-variation and alpha-norm priors, Adam, [0,1] box. "
+        "optimize starts from the mean colour (or noise); refine starts from a trained run's reconstruction "
+        "and keeps the iterate with the lowest feature error. Writes metrics.json (with feature_error), "
+        "per_image.csv and results/; an interrupted run resumes after its finished images.",
+    )
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR|CACHE|FILE",
+                   help="an image folder, a prepared cache, or image files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", choices=METHODS, default="optimize", help="optimize (default) or refine")
+    p.add_argument("--run", help="refine: the trained run whose reconstruction is the start (its backbone and layers)")
+    p.add_argument("--backbone", help="backbone (default resnet50, or the run's)")
+    p.add_argument("--weights", help="imagenet (default), random or a state-dict path (default: the run's)")
+    p.add_argument("--layers", nargs="+", help="taps whose features are matched (default: the backbone's stages, or the run's)")
+    p.add_argument("--batch-size", type=int, default=8, help="images searched together (default 8)")
+    p.add_argument("--max-images", type=int, help="invert at most N images (the first ones)")
+    p.add_argument("--num-save", type=int, default=8, help="pairs to save (default 8)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_section_flags(p, {"invert": InvertConfig})
+
+
+def cmd_invert(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .invert import InvertConfig, invert
+
+    cfg = InvertConfig(**{f.name: v for f in dataclasses.fields(InvertConfig)
+                          if (v := getattr(args, f"invert.{f.name}")) is not None})
+    m = invert(args.data, args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
+               method=args.method, run=args.run, cfg=cfg, batch_size=args.batch_size, max_images=args.max_images,
+               num_save=args.num_save, device=args.device)
+    print(f"{m['n_images']} images: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  feature error "
+          f"{m['feature_error_mean']:.4f}  {m['seconds_per_image']:.1f} s/image  → {args.out}")
 
 
 def _set_loss_weights(cfg, items: Sequence[str]) -> None:
@@ -221,10 +270,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     models = [(b, w if w in ("imagenet", "random") else str(Path(w).expanduser().resolve())) for b, w in models]
     rows = run_sweep(base, args.out, args.layer_sets or DEFAULT_LAYER_SETS, models, semantic=not args.no_semantic,
                      command=args.command_line)
+    from .dist import world_from_env
     from .report import markdown_table
 
-    print(markdown_table(rows))
-    print(f"tables, figures and report.html in {args.out}")
+    if world_from_env().main:
+        print(markdown_table(rows))
+        print(f"tables, figures and report.html in {args.out}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -299,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = _no_abbrev(sub.add_parser)  # type: ignore[method-assign]
     _train_parser(sub)
     _sweep_parser(sub)
+    _invert_parser(sub)
 
     p = sub.add_parser("evaluate", help="score a trained run on a folder of images",
                        description="Reconstruct and score images with a run's decoder; writes metrics.json, "
@@ -371,6 +423,7 @@ def _no_abbrev(add_parser):
 
 COMMANDS = {
     "train": cmd_train,
+    "invert": cmd_invert,
     "sweep": cmd_sweep,
     "report": cmd_report,
     "prepare": cmd_prepare,
@@ -401,8 +454,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = _parse(argv)
     args.command_line = shlex.join(["featinv", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    from .dist import world_from_env
+
+    world = world_from_env()
+    logging.basicConfig(  # under torchrun the other ranks say only what goes wrong
+        level=logging.WARNING if args.quiet or not world.main else logging.INFO,
+        format="%(message)s" if not world.distributed else f"[rank {world.rank}] %(message)s", stream=sys.stderr,
     )
     from .train import TrainingInterrupted
 
@@ -427,6 +484,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("featinv: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .dist import shutdown
+
+        shutdown()
     return 0
 
 

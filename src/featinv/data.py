@@ -173,11 +173,16 @@ def collate(items: list[dict]) -> dict:
 class EpochSampler(Sampler):
     """Yields ``(index, epoch)``; the order is a permutation fixed by (seed, epoch).
 
-    ``start`` skips the first items of the epoch, so a run resumed mid-epoch sees the rest.
+    ``start`` skips the first items of the epoch (counted over all ranks), so a run resumed
+    mid-epoch sees the rest. With ``world`` > 1 ranks the order is cut into global batches of
+    ``batch``·``world`` images, rank ``rank`` taking its ``batch`` of each: the same images, step
+    for step, as one process with the global batch. The order is padded (wrapping around to its
+    start) to whole global batches, so every rank runs the same number of steps.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, batch: int = 1, rank: int = 0, world: int = 1) -> None:
         self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.batch, self.rank, self.world = batch, rank, world
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -185,16 +190,28 @@ class EpochSampler(Sampler):
 
     def order(self) -> list[int]:
         if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        if self.world > 1 and order:
+            step = self.batch * self.world
+            order += (order * step)[: -len(order) % step]
+        return order
+
+    def _mine(self) -> list[int]:
+        order = self.order()[self.start :]
+        if self.world == 1:
+            return order
+        g = self.batch * self.world
+        return [i for s in range(0, len(order), g) for i in order[s + self.rank * self.batch : s + (self.rank + 1) * self.batch]]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.order()[self.start :]:
+        for i in self._mine():
             yield (i, self.epoch)
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self._mine())
 
 
 def make_loader(
@@ -204,7 +221,10 @@ def make_loader(
     seed: int = 0,
     num_workers: int = -1,
     pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
+    """Batches of ``dataset`` in :class:`EpochSampler` order (this rank's share of each global batch)."""
     workers = default_num_workers() if num_workers < 0 else num_workers
     # Few images: worker start-up costs more than it saves.
     if len(dataset) < 2 * batch_size:
@@ -212,7 +232,7 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle, seed),
+        sampler=EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

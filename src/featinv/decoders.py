@@ -135,7 +135,7 @@ class PyramidDecoder(nn.Module):
         # ModuleDict keys cannot hold dots, which raw graph node names (layer3.5.relu_2) do.
         self.key = {k: k.replace(".", "_") for k in self.order}
         self.lateral = nn.ModuleDict(
-            {self.key[k]: nn.Sequential(nn.Conv2d(shapes[k][0], width, 1, bias=False), nn.BatchNorm2d(width))
+            {self.key[k]: nn.Sequential(nn.Conv2d(shapes[k][0], width, 1, bias=norm == "none"), _norm(norm, width))
              for k in self.order}
         )
         if fusion == "concat":
@@ -269,7 +269,7 @@ class LadderDecoder(nn.Module):
 
         def add_tap(k: str) -> None:
             c = chans(self.stride[k])
-            self.lateral.append(nn.Sequential(nn.Conv2d(shapes[k][0], c, 1, bias=False), nn.BatchNorm2d(c)))
+            self.lateral.append(nn.Sequential(nn.Conv2d(shapes[k][0], c, 1, bias=norm == "none"), _norm(norm, c)))
             self.body.append(nn.Sequential(*(ResBlock(c, norm) for _ in range(blocks))))
 
         # The finest tap's own decoder first: lateral, blocks, ×2 stages to the image, output.

@@ -69,11 +69,14 @@ def evaluate_loader(
     desc: str = "evaluate",
     precision: str = "fp32",
     channels_last: bool = False,
+    feature_errors: bool = False,
 ) -> Evaluation:
     """Score every image of ``loader``; optionally the reference lines beside the decoder.
 
     ``mean_image`` (3×H×W in [0,1]) predicts every image as that one image; ``reference_stride``
     scores the bicubic down/up-sampled image (the colour a map of that stride could hold).
+    ``feature_errors``: also ‖φ(x̂) − φ(x)‖² / ‖φ(x)‖² per image, averaged over the taps (one more
+    backbone pass), the quantity optimisation-based inversion minimises.
     """
     from tqdm.auto import tqdm
 
@@ -93,6 +96,10 @@ def evaluate_loader(
         x = to_float(batch["image"], device, channels_last)
         y = reconstruct(extractor, decoder, x, precision)
         s = M.score(y, x)
+        if feature_errors:
+            with torch.no_grad(), autocast(precision, x.device):
+                fe = M.feature_distance(extractor(y), extractor(x))
+            s["feature_error"] = torch.stack(list(fe.values())).mean(0)
         acc.add(s)
         for j, index in enumerate(batch["index"].tolist()):
             rows.append({"file": records[index].relpath, **{k: float(v[j]) for k, v in s.items()}})
@@ -120,6 +127,21 @@ def evaluate_loader(
         originals=torch.cat(kept_x) if kept_x else None,
         reconstructions=torch.cat(kept_y) if kept_y else None,
     )
+
+
+def combine_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
+    """One evaluation from the evaluations of disjoint shards, in order: per-image rows joined,
+    means over all images (per image, then averaged), the first shard's saved pairs."""
+    rows = [r for p in parts for r in p.per_image]
+    n = sum(p.n_images for p in parts)
+    if n == 0:
+        raise FeatinvError("no image could be decoded for evaluation; see the skipped files above.")
+    metrics = {k: sum(r[k] for r in rows) / n for k in parts[0].metrics}
+    reference = {}
+    for k in parts[0].reference:
+        reference[k] = {m: sum(p.reference[k][m] * p.n_images for p in parts if k in p.reference) / n
+                        for m in parts[0].reference[k]}
+    return Evaluation(metrics, n, rows, reference, parts[0].originals, parts[0].reconstructions)
 
 
 def save_pairs(ev: Evaluation, out: Path, title: str) -> None:
@@ -177,10 +199,11 @@ def save_extremes(
 
 def write_per_image(rows: list[dict[str, Any]], path: Path) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["file", "mse", "psnr", "ssim"], lineterminator="\n")
+    keys = [k for k in ("mse", "psnr", "ssim", "feature_error") if not rows or k in rows[0]]
+    w = csv.DictWriter(buf, fieldnames=["file", *keys], lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({"file": r["file"], **{k: f"{r[k]:.6g}" for k in ("mse", "psnr", "ssim")}})
+        w.writerow({"file": r["file"], **{k: f"{r[k]:.6g}" for k in keys}})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -253,7 +276,11 @@ def load_run(path: Union[str, Path], device: str = "auto") -> Run:
             f"{meta.get('featinv_version', '(unknown version)')}; this is featinv {__version__} "
             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})."
         ) from None
-    load_strict(decoder, tensors, str(path / "decoder.safetensors"))
+    try:
+        load_strict(decoder, tensors, str(path / "decoder.safetensors"))
+    except FeatinvError as e:
+        raise FeatinvError(f"{e} It was written by featinv {meta.get('featinv_version', '(unknown version)')}; "
+                           f"this is featinv {__version__}.") from None
     summary = rd.read_summary()
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     return Run(path, cfg, extractor.to(dev, memory_format=mf), decoder.to(dev, memory_format=mf).eval(), dev, summary,
@@ -293,7 +320,7 @@ def evaluate_run(
     out = Path(out) if out is not None else run.path / "evaluation"
     loader = run.loader(records, batch_size or cfg.train.batch_size, num_workers)
     ev = evaluate_loader(run.extractor, run.decoder, loader, records, run.device, skips, keep=num_save,
-                         precision=run.precision, channels_last=cfg.train.channels_last)
+                         precision=run.precision, channels_last=cfg.train.channels_last, feature_errors=True)
     sem = run_semantics(run, records, batch_size or cfg.train.batch_size, num_workers) if semantic else None
     result = {
         "run": str(run.path.resolve()),

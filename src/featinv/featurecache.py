@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import dist
 from .utils import FeatinvError
 
 log = logging.getLogger("featinv")
@@ -23,9 +24,14 @@ class FeatureCache:
     backbone. Only valid when every epoch sees the same crops (no augmentation). Which rows are
     filled travels in the training checkpoint, so a resumed run trusts exactly the rows that
     were flushed before that checkpoint was written.
+
+    Under torchrun the ranks share one cache: rank 0 makes the files (``create``), the others
+    open them; each rank writes the rows of the images it computed, and :meth:`sync` (every
+    rank, before a checkpoint) agrees which rows are filled.
     """
 
-    def __init__(self, root: Path, n: int, shapes: dict[str, tuple[int, ...]], filled: Optional[torch.Tensor] = None):
+    def __init__(self, root: Path, n: int, shapes: dict[str, tuple[int, ...]], filled: Optional[torch.Tensor] = None,
+                 create: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.arrays: dict[str, np.memmap] = {}
@@ -35,7 +41,8 @@ class FeatureCache:
             p.is_file() and p.stat().st_size == 2 * n * int(np.prod(shapes[k])) for k, p in paths.items()
         )
         for k, shape in shapes.items():
-            self.arrays[k] = np.memmap(paths[k], dtype=np.float16, mode="r+" if reuse else "w+", shape=(n, *shape))
+            mode = "r+" if reuse or not create else "w+"
+            self.arrays[k] = np.memmap(paths[k], dtype=np.float16, mode=mode, shape=(n, *shape))
         self.filled = filled.clone().bool() if reuse else torch.zeros(n, dtype=torch.bool)
 
     @staticmethod
@@ -79,3 +86,8 @@ class FeatureCache:
     def flush(self) -> None:
         for a in self.arrays.values():
             a.flush()
+
+    def sync(self) -> None:
+        """Flush this rank's rows, then mark filled the rows any rank filled (a collective under torchrun)."""
+        self.flush()
+        self.filled = dist.max_over_ranks_tensor(self.filled.to(torch.int32)).bool()

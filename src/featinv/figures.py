@@ -144,3 +144,11 @@ def image_grid(
         fig.colorbar(image, ax=axes, shrink=0.6, label="|error| (mean over RGB)")
     fig.suptitle(suptitle, fontsize=10)
     return fig
+
+
+def load_png_tensor(path: Path) -> torch.Tensor:
+    """A PNG file as a uint8 3×H×W tensor (RGB)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)

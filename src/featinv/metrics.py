@@ -80,3 +80,12 @@ class MeanAccumulator:
 
     def result(self) -> dict[str, float]:
         return {k: s / self.n for k, s in self.sums.items()} if self.n else {}
+
+
+def feature_distance(feats: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per layer, per image: ‖φ(x̂) − φ(x)‖² / ‖φ(x)‖², the feature error of a reconstruction."""
+    out = {}
+    for k, t in target.items():
+        t = t.float().flatten(1)
+        out[k] = (feats[k].float().flatten(1) - t).pow(2).sum(1) / t.pow(2).sum(1).clamp_min(1e-12)
+    return out

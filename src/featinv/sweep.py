@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from . import report
+from . import dist, report
 from .backbones import get_spec, resolve_layers
 from .config import BackboneConfig, RunConfig, validate_config
 from .evaluate import load_run, write_semantics
@@ -126,6 +126,9 @@ def run_sweep(
     entries = plan(base, layer_sets, models)
     check_layers(entries)
     t0 = time.perf_counter()
+    # Under torchrun every rank runs the same plan, each configuration data-parallel over all of
+    # them (see the README); rank 0 alone writes the sweep's files.
+    main = dist.world_from_env().main
     out.mkdir(parents=True, exist_ok=True)
     sweep_meta = {
         "layer_sets": list(layer_sets),
@@ -134,7 +137,8 @@ def run_sweep(
         "base_config": base.to_dict(),
         "command": command,
     }
-    atomic_write_text(out / "sweep.json", json.dumps(sweep_meta, indent=2) + "\n")
+    if main:
+        atomic_write_text(out / "sweep.json", json.dumps(sweep_meta, indent=2) + "\n")
     for i, e in enumerate(entries, 1):
         run_dir = out / "runs" / e.name
         log.info("── sweep %d/%d: %s", i, len(entries), e.name)
@@ -143,12 +147,15 @@ def run_sweep(
             log.info("already finished; skipping")
         else:
             resume = RunDir(run_dir).has_checkpoint()
-            if not resume and run_dir.exists():
+            if not resume and run_dir.exists() and main:
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
+            dist.barrier()
             train(entry_config(base, e), run_dir, resume=resume, command=command, semantic=semantic)
-        if semantic and e.weights != "random" and RunDir(run_dir).read_semantics() is None:
+        if main and semantic and e.weights != "random" and RunDir(run_dir).read_semantics() is None:
             write_semantics(load_run(run_dir, device=base.train.device))  # a run finished by an older version
     run_dirs = [out / "runs" / e.name for e in entries]
+    if not main:
+        return [report.run_row(d) for d in run_dirs]
     rows = report.build_report(
         run_dirs, out / "report.html", figures_dir=out / "figures",
         title=f"featinv depth study: {out.name}",

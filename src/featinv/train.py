@@ -10,6 +10,7 @@ behind the finite-loss guard); :class:`Trainer` has ``train_step``, ``run_epoch`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import platform
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import dist
 from ._version import __version__
 from .backbones import FeatureExtractor
 from .config import RunConfig, diff_configs, validate_config
@@ -34,7 +36,8 @@ from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config,
 from .decoders import build_decoder, count_parameters
 from .featurecache import FeatureCache
 from .evaluate import (
-    Evaluation, Run, evaluate_loader, run_title, save_extremes, save_pairs, write_per_image, write_semantics,
+    Evaluation, Run, combine_evaluations, evaluate_loader, run_title, save_extremes, save_pairs, write_per_image,
+    write_semantics,
 )
 from .figures import loss_curve, write_skipped
 from .losses import build_loss
@@ -65,6 +68,10 @@ class TrainingInterrupted(FeatinvError):
     def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
         super().__init__(message)
         self.exit_code = 128 + signal.Signals[signal_name].value
+
+
+SIGNAL_CODES = {"SIGINT": 1, "SIGTERM": 2}  # the stop signal as a number the ranks can all-reduce
+SIGNAL_NAMES = {v: k for k, v in SIGNAL_CODES.items()}
 
 
 class TrainingFailed(FeatinvError):
@@ -198,7 +205,12 @@ class MeanImage:
         self.n += len(x)
 
     def result(self) -> torch.Tensor:
-        return (self.sum / max(1, self.n)).float()
+        """The mean over every rank's images (a collective under torchrun: all ranks call it)."""
+        total, n = dist.sum_over_ranks(self.sum), int(dist.sum_over_ranks(torch.tensor([float(self.n)]))[0])
+        return (total / max(1, n)).float()
+
+    def totals(self) -> tuple[torch.Tensor, int]:
+        return dist.sum_over_ranks(self.sum), int(dist.sum_over_ranks(torch.tensor([float(self.n)]))[0])
 
 
 class LossSums:
@@ -216,11 +228,16 @@ class LossSums:
         self.sum += torch.stack([losses[p].detach() for p in ["loss", *self.parts]]).double() * k
         self.n += k
 
+    def totals(self) -> tuple[torch.Tensor, int]:
+        """The sums and count over every rank (a collective under torchrun)."""
+        return dist.sum_over_ranks(self.sum), int(dist.sum_over_ranks(torch.tensor([float(self.n)]))[0])
+
     def total(self) -> float:
-        return float(self.sum[0])
+        return float(self.totals()[0][0])
 
     def means(self) -> list[float]:
-        return (self.sum / self.n).tolist()
+        total, n = self.totals()
+        return (total / n).tolist()
 
 
 class TrainState:
@@ -241,10 +258,15 @@ class TrainState:
         return self.ema.module if self.ema is not None else self.decoder
 
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint. Under torchrun every rank calls it (the running sums are added over
+        ranks; the feature cache's filled rows are agreed); rank 0 writes it."""
         if self.fcache is not None:
-            self.fcache.flush()  # rows marked filled below are on disk first
+            self.fcache.sync()  # rows marked filled below are on disk first, on every rank
+        mean_sum, mean_n = self.mean.totals()
+        loss_sum, n = self.losses.totals()
         return {
             "format": CHECKPOINT_FORMAT,
+            "world_size": dist.current().size,
             **asdict(self.progress),
             "decoder": self.decoder.state_dict(),
             "decoder_spec": self.decoder.spec,
@@ -253,16 +275,22 @@ class TrainState:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "mean_sum": self.mean.sum.cpu(),
-            "mean_n": self.mean.n,
-            "loss_sum": self.losses.sum.cpu(),
-            "n": self.losses.n,
+            "mean_sum": mean_sum.cpu(),
+            "mean_n": mean_n,
+            "loss_sum": loss_sum.cpu(),
+            "n": n,
             "rng": torch.get_rng_state(),
             **self.clock.state_dict(),
             "config": self.cfg.to_dict(),
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        world = dist.current()
+        if ckpt.get("world_size", 1) != world.size:
+            raise FeatinvError(
+                f"--resume: this run was trained by {ckpt.get('world_size', 1)} process(es) and is resumed by {world.size}; "
+                "resume it with the same number of processes (the epoch order is cut by the global batch)."
+            )
         if ckpt["decoder_spec"] != self.decoder.spec:
             raise FeatinvError(
                 "--resume: the checkpoint was built for another decoder, backbone or layer set "
@@ -278,8 +306,9 @@ class TrainState:
         # Checkpoints of format 1 (featinv 0.1.0) lack the plateau keys: their defaults apply.
         self.progress = Progress(**{k: ckpt[k] for k in asdict(Progress()) if k in ckpt})
         device = self.mean.sum.device
-        self.mean.sum, self.mean.n = ckpt["mean_sum"].to(device), ckpt["mean_n"]
-        self.losses.sum, self.losses.n = ckpt["loss_sum"].to(device), ckpt["n"]
+        if world.main:  # the sums over all ranks; the other ranks add theirs from zero
+            self.mean.sum, self.mean.n = ckpt["mean_sum"].to(device), ckpt["mean_n"]
+            self.losses.sum, self.losses.n = ckpt["loss_sum"].to(device), ckpt["n"]
         torch.set_rng_state(ckpt["rng"])
         self.clock.load_state_dict(ckpt, mid_epoch=bool(self.progress.step))
 
@@ -297,12 +326,14 @@ class Checkpointer:
             raise nonfinite(total, where, self.run)
 
     def save(self, epoch: int, step: int, best: bool = False) -> None:
-        """``epoch`` epochs done, plus ``step`` batches of the next one."""
+        """``epoch`` epochs done, plus ``step`` batches of the next one. Every rank calls it; rank 0 writes."""
         self.state.progress.epoch, self.state.progress.step = epoch, step
         state = self.state.state_dict()
-        if best:
-            self.run.save_best(state)
-        self.run.save_last(state)
+        if dist.current().main:
+            if best:
+                self.run.save_best(state)
+            self.run.save_last(state)
+        dist.barrier()  # nobody reads a checkpoint before it is written
 
     def mid_epoch(self, epoch: int, step: int) -> None:
         self.guard(f"in epoch {epoch + 1} before step {step}")
@@ -335,10 +366,12 @@ class Trainer:
         self.command, self.semantic = command, semantic
         self.signals = signals if signals is not None else StopSignals()
         validate_config(cfg)
-        check_output_dir(self.run, cfg, resume)
         t0 = time.perf_counter()
-        seed_everything(cfg.train.seed)
         self.device = resolve_device(cfg.train.device)
+        self.world = dist.init(self.device)
+        check_output_dir(self.run, cfg, resume)
+        dist.barrier()  # every rank has looked before rank 0 writes config.yaml
+        seed_everything(cfg.train.seed)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -353,7 +386,9 @@ class Trainer:
         self._open_run_dir()
         self.checkpointer = Checkpointer(self.run, self.state, cfg.train.checkpoint_every)
         self.budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
-        self.check_every = 1 if self.device.type == "cpu" else 20  # finite-loss checks sync the host; free on the CPU
+        # Finite-loss checks sync the host (free on the CPU); under torchrun the ranks also agree
+        # on stopping (a signal, the budget, a bad loss) at these steps.
+        self.check_every = 1 if self.device.type == "cpu" else 20
 
     # ── building ──
     def _build_data(self) -> None:
@@ -363,11 +398,13 @@ class Trainer:
         pin = self.device.type == "cuda"
         self.train_ds = ImageDataset(self.train_recs, d.image_size, d.resize, train=d.augment, seed=t.seed,
                                      augment=Augment(d.crop_scale, d.color_jitter))
-        val_ds = ImageDataset(self.val_recs, d.image_size, d.resize, train=False)
         self.train_loader = make_loader(self.train_ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
-                                        pin_memory=pin)
+                                        pin_memory=pin, rank=self.world.rank, world=self.world.size)
+        # Validation is sharded: each rank scores a contiguous block, the rows are gathered.
+        self.val_part = [self.val_recs[i] for i in dist.shard(len(self.val_recs), self.world)]
+        val_ds = ImageDataset(self.val_part, d.image_size, d.resize, train=False)
         self.val_loader = make_loader(val_ds, t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
-        self.steps_per_epoch = math.ceil(len(self.train_ds) / t.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.train_ds) / (t.batch_size * self.world.size))
 
     def _build_models(self) -> None:
         cfg, device, seed = self.cfg, self.device, self.cfg.train.seed
@@ -380,8 +417,18 @@ class Trainer:
             extractor = extractor.to(memory_format=torch.channels_last)
             decoder = decoder.to(memory_format=torch.channels_last)
         self.extractor = extractor
-        # `decoder` is what is saved; `step_decoder` what runs (compiled on request).
-        self.step_decoder = torch.compile(decoder) if cfg.train.compile else decoder
+        # `decoder` is what is saved (never a wrapper: no `module.` prefixes); `step_decoder` what
+        # runs: under torchrun wrapped in DDP (batch norm synchronised on GPUs; per rank on gloo,
+        # where SyncBatchNorm does not run), compiled on request.
+        self.step_decoder = decoder
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if device.type == "cuda":
+                decoder = nn.SyncBatchNorm.convert_sync_batchnorm(decoder)
+            self.step_decoder = DistributedDataParallel(decoder, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.step_decoder = torch.compile(self.step_decoder)
         self.loss_fn = build_loss(cfg.loss, cfg.backbone.name, cfg.backbone.weights, seed).to(device)
         ema = None
         if cfg.train.ema > 0:  # an average of the weights, batch-norm buffers included
@@ -408,16 +455,21 @@ class Trainer:
         if not self.cfg.train.cache_features:
             return
         root, n = self.run.feature_cache, len(self.train_ds)
-        FeatureCache.check_space(root, n, self.shapes)
-        self.state.fcache = FeatureCache(root, n, self.shapes, filled)
+        if self.world.main:  # one shared cache: rank 0 checks the space and makes the files
+            FeatureCache.check_space(root, n, self.shapes)
+            self.state.fcache = FeatureCache(root, n, self.shapes, filled)
+        dist.barrier()
+        if not self.world.main:
+            self.state.fcache = FeatureCache(root, n, self.shapes, filled, create=False)
 
     def _open_run_dir(self) -> None:
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        self.run.write_config(self.cfg)
-        self.run.record_command(self.command)
         self.fields = metric_fields(self.loss_fn.parts)
         self.rows = [r for r in self.run.read_metrics() if int(r["epoch"]) <= self.state.progress.epoch]
-        self.run.write_metrics(self.rows, self.fields)
+        if self.world.main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_config(self.cfg)
+            self.run.record_command(self.command)
+            self.run.write_metrics(self.rows, self.fields)
 
     # ── one step, one epoch ──
     def set_lr(self, step: int) -> None:
@@ -478,27 +530,27 @@ class Trainer:
         s.clock.start_epoch()
         if first == 0:
             s.losses.reset()
-        # Batches are consecutive slices of a fixed order: skipping `first` batches replays the rest.
-        self.train_loader.sampler.set_epoch(epoch, start=first * t.batch_size)
+        # Batches are consecutive slices of a fixed order: skipping `first` global batches replays the rest.
+        self.train_loader.sampler.set_epoch(epoch, start=first * t.batch_size * self.world.size)
         s.decoder.train()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
-                   disable=not progress_enabled())
+                   disable=not progress_enabled() or not self.world.main)
         for step, batch in enumerate(bar, start=first):
             for index, reason in batch["skipped"]:
                 self.skips.add(self.train_recs[index].relpath, reason)
+            value = None
             if "image" in batch:
                 x = to_float(batch["image"], self.device, t.channels_last)
                 parts = self.train_step(x, batch["index"], epoch * self.steps_per_epoch + step)
-                if (step + 1) % self.check_every == 0 or step == first:
+                if (step + 1) % self.check_every == 0 or step == first or self._agree_due(step + 1):
                     value = float(parts["loss"].detach())
-                    if not math.isfinite(value):
-                        raise nonfinite(value, f"at epoch {epoch + 1}, step {step + 1}", self.run)
                     bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                 s.losses.add(parts, len(x))
                 if epoch == 0:  # the reference line's mean image: the first epoch's photos
                     s.mean.add(x)
             done = step + 1
-            if (sig := self.signals.signal) is not None:
+            sig, out_of_time = self.agree(value, epoch, done)
+            if sig is not None:
                 self.checkpointer.mid_epoch(epoch, done)
                 raise TrainingInterrupted(
                     f"stopped by {sig} at epoch {epoch + 1}, step {done}; checkpoint saved. "
@@ -506,22 +558,65 @@ class Trainer:
                 )
             if self.checkpointer.due(done, self.steps_per_epoch):
                 self.checkpointer.mid_epoch(epoch, done)
-            if self.budget_s is not None and s.clock.spent() >= self.budget_s:
+            if out_of_time:
                 return True
         return False
+
+    def _agree_due(self, done: int) -> bool:
+        """Under torchrun: the steps at which the ranks agree on stopping (every ``check_every``,
+        before a mid-epoch checkpoint, at the epoch's end)."""
+        return self.world.distributed and (
+            done % self.check_every == 0 or done == self.steps_per_epoch or self.checkpointer.due(done, self.steps_per_epoch))
+
+    def agree(self, loss: Optional[float], epoch: int, done: int) -> tuple[Optional[str], bool]:
+        """After a step: (the signal that asks to stop, whether the time budget is spent), the same
+        on every rank; a non-finite ``loss`` on any rank raises on every rank."""
+        late = self.budget_s is not None and self.state.clock.spent() >= self.budget_s
+        if not self.world.distributed:
+            if loss is not None and not math.isfinite(loss):
+                raise nonfinite(loss, f"at epoch {epoch + 1}, step {done}", self.run)
+            return self.signals.signal, late
+        if not self._agree_due(done):
+            return None, False
+        bad = 0 if loss is None or math.isfinite(loss) else 1 if loss != loss else 2 if loss > 0 else 3
+        sig, bad, late = dist.max_over_ranks([SIGNAL_CODES.get(self.signals.signal or "", 0), bad, float(late)])
+        if bad:
+            raise nonfinite({1: math.nan, 2: math.inf, 3: -math.inf}[int(bad)], f"at epoch {epoch + 1}, step {done}", self.run)
+        return SIGNAL_NAMES.get(int(sig)), bool(late)
+
+    def agreed_signal(self) -> Optional[str]:
+        """The stop signal, read once; under torchrun, any rank's, on every rank."""
+        if not self.world.distributed:
+            return self.signals.signal
+        return SIGNAL_NAMES.get(int(dist.max_over_ranks([SIGNAL_CODES.get(self.signals.signal or "", 0)])[0]))
 
     def validate(self, final: bool) -> Evaluation:
         """Score the val split; the ``final`` pass also keeps pairs and the reference lines."""
         return self.score(final)
 
     def score(self, final: bool) -> Evaluation:
+        """The val split through the scored weights (under torchrun: each rank its shard, then
+        every rank holds the rows of all, so all take the same decisions)."""
         t = self.cfg.train
-        return evaluate_loader(
-            self.extractor, self.state.scored, self.val_loader, self.val_recs, self.device, self.skips, desc="validate",
-            keep=t.num_save if final else 0, mean_image=self.state.mean.result() if final else None,
-            reference_stride=self.ref_stride if final else None, precision=self.precision,
-            channels_last=t.channels_last,
-        )
+        mean_image = self.state.mean.result() if final else None
+        return self.evaluate_part(self.val_loader, self.val_part, self.skips, desc="validate",
+                                  keep=t.num_save if final else 0, mean_image=mean_image,
+                                  reference_stride=self.ref_stride if final else None)
+
+    def evaluate_part(self, loader: Any, records: list, skips: SkipLog, **kw: Any) -> Evaluation:
+        """``evaluate_loader`` on this rank's records, combined over ranks."""
+        t = self.cfg.train
+        if records:
+            ev = evaluate_loader(self.extractor, self.state.scored, loader, records, self.device, skips,
+                                 precision=self.precision, channels_last=t.channels_last, **kw)
+        else:  # more ranks than images
+            ev = Evaluation({}, 0, [])
+        if not self.world.distributed:
+            return ev
+        parts = dist.all_gather(Evaluation(ev.metrics, ev.n_images, ev.per_image, ev.reference))
+        parts[0] = Evaluation(parts[0].metrics, parts[0].n_images, parts[0].per_image, parts[0].reference,
+                              ev.originals if self.world.main else None, ev.reconstructions if self.world.main else None)
+        return combine_evaluations([p for p in parts if p.n_images])
 
     def decay_done(self, epochs_done: int) -> bool:
         p = self.state.progress
@@ -543,13 +638,16 @@ class Trainer:
             "val_ssim": f"{ev.metrics['ssim']:.5f}",
             "lr": f"{s.opt.param_groups[0]['lr']:.4g}",
             "epoch_time_s": f"{s.clock.epoch_time():.2f}",
-            "train_images_per_s": f"{s.losses.n / train_time:.2f}",
+            "train_images_per_s": f"{s.losses.totals()[1] / train_time:.2f}",
         }
         if self.plateau and p.decay_start is None and not final:
             self.plan_decay(self.rows + [row], epoch + 1)
-        self.checkpointer.save(epoch + 1, 0, best=improved)
+        # The row first, then the checkpoint that vouches for it: a crash between the two leaves a
+        # row the resumed run drops and writes again, never a finished epoch without its row.
         self.rows.append(row)
-        self.run.write_metrics(self.rows, self.fields)
+        if self.world.main:
+            self.run.write_metrics(self.rows, self.fields)
+        self.checkpointer.save(epoch + 1, 0, best=improved)
         took = s.clock.end_epoch()
         log.info(
             "epoch %d/%d  train loss %.5f  val MSE %.5f  PSNR %.2f dB  SSIM %.4f  (%.1f s)",
@@ -561,7 +659,8 @@ class Trainer:
     def plan_decay(self, history: list[dict[str, Any]], epochs_done: int) -> None:
         """The plateau schedule's decision after an epoch (see :func:`featinv.schedule.decide_decay`)."""
         t, p = self.cfg.train, self.state.progress
-        room = room_left(epochs_done, t.epochs, self.budget_s, self.state.clock.train_s)
+        train_s = dist.max_over_ranks([self.state.clock.train_s])[0]  # the ranks decide alike
+        room = room_left(epochs_done, t.epochs, self.budget_s, train_s)
         decay = decide_decay([float(r["val_psnr"]) for r in history], room, t.plateau_epochs, t.plateau_db, t.decay_epochs)
         if decay is None:
             return
@@ -585,7 +684,7 @@ class Trainer:
             reason = "converged" if p.converged else "decayed at the budget's end"
             log.info("the final learning-rate decay is done after epoch %d (%s)", epoch + 1, reason)
             return reason
-        if (sig := self.signals.signal) is not None and not last:
+        if (sig := self.agreed_signal()) is not None and not last:
             raise TrainingInterrupted(
                 f"stopped by {sig} after epoch {epoch + 1}; checkpoint saved. "
                 f"Continue with: featinv train --out {self.run.path} --resume", sig
@@ -614,7 +713,8 @@ class Trainer:
                 ev, reason = self._loop()
             return self.finish(ev, reason)
         except TrainingFailed as e:
-            self.run.record_failure(str(e))
+            if self.world.main:
+                self.run.record_failure(str(e))
             raise
 
     def _loop(self) -> tuple[Optional[Evaluation], str]:
@@ -625,7 +725,7 @@ class Trainer:
         while reason is None:
             epoch = start
             out_of_time = self.run_epoch(epoch, first)
-            if s.losses.n == 0:
+            if s.losses.totals()[1] == 0:
                 raise TrainingFailed("no training image could be decoded; see the skipped files above.")
             if not math.isfinite(train_loss := s.losses.means()[0]):
                 raise nonfinite(train_loss, f"in epoch {epoch + 1}", self.run)
@@ -649,13 +749,17 @@ class Trainer:
                 s.ema.load_state_dict(best["ema"])
         if ev is None or reason == "patience":  # resumed a finished run, or back to the best
             ev = self.score(final=True)
-        self.export()
-        if self.semantic and self.cfg.backbone.weights != "random":  # the models in memory, not a second load from disk
-            write_semantics(Run(self.run.path, self.cfg, self.extractor, s.scored, self.device, {}, self.precision))
         fit = self.score_train_photos()
-        self.write_outputs(ev)
+        for reasons in dist.all_gather(self.skips.reasons):  # each rank saw its own batches' files
+            self.skips.reasons.update(reasons)
         summary = self.summary(ev, fit, reason)
-        self.run.write_summary(summary)
+        if self.world.main:  # only rank 0 writes
+            self.export()
+            if self.semantic and self.cfg.backbone.weights != "random":  # the models in memory, not a second load
+                write_semantics(Run(self.run.path, self.cfg, self.extractor, s.scored, self.device, {}, self.precision))
+            self.write_outputs(ev)
+            self.run.write_summary(summary)
+        dist.barrier()
         log.info(
             "done: val PSNR %.2f dB, SSIM %.4f over %d images (reference: %s). Run directory: %s",
             ev.metrics["psnr"], ev.metrics["ssim"], ev.n_images,
@@ -677,10 +781,10 @@ class Trainer:
         the gap between the two shows how much the decoder overfits."""
         d, t = self.cfg.data, self.cfg.train
         recs = self.train_recs[: len(self.val_recs)]
-        loader = make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
+        part = [recs[i] for i in dist.shard(len(recs), self.world)]
+        loader = make_loader(ImageDataset(part, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
                              num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
-        return evaluate_loader(self.extractor, self.state.scored, loader, recs, self.device, SkipLog(),
-                               desc="score train photos", precision=self.precision, channels_last=t.channels_last)
+        return self.evaluate_part(loader, part, SkipLog(), desc="score train photos")
 
     def write_outputs(self, ev: Evaluation) -> None:
         d, run, title = self.cfg.data, self.run, run_title(self.cfg, self.extractor.weights_info["weights"])
@@ -753,7 +857,9 @@ def train(
     backbone's classifier agrees on original and reconstruction (``semantic.json``).
     ``break_lock``: take over a run directory locked by a process on another host."""
     run = RunDir(out)
-    with console_messages(verbose), run.lock(break_lock):
+    # Under torchrun only rank 0 takes the run directory's lock (and writes into it).
+    lock = run.lock(break_lock) if dist.world_from_env().main else contextlib.nullcontext()
+    with console_messages(verbose), lock:
         return Trainer(cfg, run, resume, command, semantic).fit()
 
 

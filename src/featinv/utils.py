@@ -98,9 +98,13 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA GPU if there is one, else the CPU."""
+    """``auto`` → the first CUDA GPU if there is one, else the CPU. Under torchrun (``LOCAL_RANK``
+    set), ``auto`` and ``cuda`` mean this process's own GPU, ``cuda:LOCAL_RANK``."""
+    local = os.environ.get("LOCAL_RANK")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local is not None and torch.cuda.is_available():
+        name = f"cuda:{int(local)}"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FeatinvError(f"--device {name} was asked for, but no CUDA GPU is visible; use --device cpu.")
     try:

@@ -1,0 +1,123 @@
+"""Optimisation-based inversion against the decoders, per stage: pixel and feature fidelity, s/image.
+
+Two parts, both on efficientnet_lite0 with its real ImageNet weights and the decoders shipped with
+featinv (trained on the 900 training photos of the imagenet-sample split):
+
+1. ``--choose``: the defaults of `featinv invert`, chosen on *training-split* photos (never on the
+   photos reported): a small grid of step sizes and TV weights, `optimize` at stage 1 and stage 4,
+   scored by PSNR against the originals.
+2. the table: on the first ``--images`` val photos of split.csv, per stage, the decoder, `refine`
+   from it and `optimize` alone: PSNR, SSIM, feature error, seconds per image, and the signed
+   changes of refine against the decoder.
+
+    python bench/invert.py --choose --images 4 --steps 100
+    python bench/invert.py --images 8 --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
+
+
+def split_records(split: str, n: int):
+    from featinv.config import DataConfig
+    from featinv.data import SkipLog, split_for_config
+
+    cfg = DataConfig(data=str(DATA), split_file=str(DATA / "split.csv"))
+    train, val = split_for_config(cfg, SkipLog())
+    return (train if split == "train" else val)[:n]
+
+
+def choose(args: argparse.Namespace) -> list[dict]:
+    from featinv.backbones import FeatureExtractor
+    from featinv.invert import InvertConfig, invert_images
+
+    recs = split_records("train", args.images)
+    rows = []
+    for stage in ("stage1", "stage4"):
+        fe = FeatureExtractor("efficientnet_lite0", "imagenet", [stage]).eval()
+        for lr in (0.02, 0.05, 0.1):
+            for tv in (0.005, 0.05):
+                cfg = InvertConfig(steps=args.steps, lr=lr, tv_weight=tv)
+                out = Path(args.out) / "choose" / f"{stage}-lr{lr}-tv{tv}"
+                m = invert_images(fe, recs, out, "optimize", cfg, batch_size=args.batch_size, num_save=0)
+                rows.append({"stage": stage, "lr": lr, "tv_weight": tv, "psnr": m["psnr"], "ssim": m["ssim"],
+                             "feature_error": m["feature_error_mean"]})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(args: argparse.Namespace) -> list[dict]:
+    import featinv
+    from featinv.evaluate import evaluate_loader
+    from featinv.invert import InvertConfig, invert_images
+    from featinv.pretrained import shipped_decoders
+
+    recs = split_records("val", args.images)
+    cfg = InvertConfig(steps=args.steps)
+    rows = []
+    for stage, run_dir in shipped_decoders().items():
+        run = featinv.load_run(run_dir, device="cpu")
+        t = time.perf_counter()
+        ev = evaluate_loader(run.extractor, run.decoder, run.loader(recs, args.batch_size, 0), recs,
+                             run.device, feature_errors=True, precision="fp32")
+        dec_s = (time.perf_counter() - t) / len(recs)
+        row = {"stage": stage, "decoder_psnr": ev.metrics["psnr"], "decoder_ssim": ev.metrics["ssim"],
+               "decoder_fe": ev.metrics["feature_error"], "decoder_s_per_image": dec_s}
+        for method in ("refine", "optimize"):
+            out = Path(args.out) / "table" / f"{stage}-{method}"
+            m = invert_images(run.extractor, recs, out, method, cfg, run.decoder if method == "refine" else None,
+                              batch_size=args.batch_size, num_save=4, title=run.describe())
+            row.update({f"{method}_psnr": m["psnr"], f"{method}_ssim": m["ssim"],
+                        f"{method}_fe": m["feature_error_mean"], f"{method}_s_per_image": m["seconds_per_image"]})
+        row["refine_fe_change"] = row["refine_fe"] / row["decoder_fe"] - 1
+        row["refine_psnr_change"] = row["refine_psnr"] - row["decoder_psnr"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--choose", action="store_true", help="part 1: the grid on training photos")
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", default="bench-out/invert")
+    args = p.parse_args()
+    torch.set_num_threads(min(4, os.cpu_count() or 1))
+    load = os.getloadavg()[0]
+    rows = choose(args) if args.choose else table(args)
+    print(f"efficientnet_lite0 imagenet; {args.images} photos; {args.steps} steps; "
+          f"{torch.get_num_threads()} threads; load average at start {load:.2f}")
+    if not args.choose:
+        print(f"{'stage':<7} {'decoder dB / FE':>17} {'refine dB / FE':>17} {'Δ dB':>6} {'Δ FE':>7} "
+              f"{'optimize dB / FE':>18} {'s/img ref/opt':>14}")
+        for r in rows:
+            print(f"{r['stage']:<7} {r['decoder_psnr']:>8.2f} / {r['decoder_fe']:.3f} {r['refine_psnr']:>8.2f} / "
+                  f"{r['refine_fe']:.3f} {r['refine_psnr_change']:>+6.2f} {100 * r['refine_fe_change']:>+6.0f}% "
+                  f"{r['optimize_psnr']:>9.2f} / {r['optimize_fe']:.3f} "
+                  f"{r['refine_s_per_image']:>6.1f}/{r['optimize_s_per_image']:.1f}")
+    name = "choose.json" if args.choose else "table.json"
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    from featinv.invert import InvertConfig
+
+    settings = dataclasses.asdict(InvertConfig(steps=args.steps))
+    (Path(args.out) / name).write_text(json.dumps({"rows": rows, "args": vars(args), "load": load, "settings": settings},
+                                                  indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
