@@ -5,7 +5,7 @@ featinv (trained on the 900 training photos of the imagenet-sample split):
 
 1. ``--choose``: the defaults of `featinv invert`, chosen on *training-split* photos (never on the
    photos reported): a small grid of step sizes and TV weights, `optimize` at stage 1 and stage 4,
-   scored by PSNR against the originals.
+   scored by PSNR against the originals (finished grid points are reused: rerunning continues).
 2. the table: on the first ``--images`` val photos of split.csv, per stage, the decoder, `refine`
    from it and `optimize` alone: PSNR, SSIM, feature error, seconds per image, and the signed
    changes of refine against the decoder.
@@ -45,23 +45,45 @@ def choose(args: argparse.Namespace) -> list[dict]:
 
     recs = split_records("train", args.images)
     rows = []
-    for stage in ("stage1", "stage4"):
+    for stage in args.stages:
         fe = FeatureExtractor("efficientnet_lite0", "imagenet", [stage]).eval()
-        for lr in (0.02, 0.05, 0.1):
-            for tv in (0.005, 0.05):
+        for lr in args.lrs:
+            for tv in args.tvs:
                 cfg = InvertConfig(steps=args.steps, lr=lr, tv_weight=tv)
                 out = Path(args.out) / "choose" / f"{stage}-lr{lr}-tv{tv}"
                 m = invert_images(fe, recs, out, "optimize", cfg, batch_size=args.batch_size, num_save=0)
                 rows.append({"stage": stage, "lr": lr, "tv_weight": tv, "psnr": m["psnr"], "ssim": m["ssim"],
                              "feature_error": m["feature_error_mean"]})
                 print(json.dumps(rows[-1]), flush=True)
+    rows += choose_refine(args, recs)
+    return rows
+
+
+def choose_refine(args: argparse.Namespace, recs) -> list[dict]:
+    """`refine` from the shipped stage-1 decoder on the same training photos, per step size."""
+    import featinv
+    from featinv.evaluate import evaluate_loader
+    from featinv.invert import InvertConfig, invert_images
+    from featinv.pretrained import shipped_decoders
+
+    run = featinv.load_run(shipped_decoders()["stage1"], device="cpu")
+    ev = evaluate_loader(run.extractor, run.decoder, run.loader(recs, 4, 0), recs, run.device, feature_errors=True)
+    rows = [{"stage": "stage1", "method": "decoder", "psnr": ev.metrics["psnr"], "ssim": ev.metrics["ssim"],
+             "feature_error": ev.metrics["feature_error"]}]
+    for lr in args.refine_lrs:
+        m = invert_images(run.extractor, recs, Path(args.out) / "choose" / f"refine-stage1-lr{lr}", "refine",
+                          InvertConfig(steps=args.steps, lr=lr), run.decoder, batch_size=4, num_save=0)
+        rows.append({"stage": "stage1", "method": "refine", "lr": lr, "psnr": m["psnr"], "ssim": m["ssim"],
+                     "feature_error": m["feature_error_mean"]})
+    for r in rows:
+        print(json.dumps(r), flush=True)
     return rows
 
 
 def table(args: argparse.Namespace) -> list[dict]:
     import featinv
     from featinv.evaluate import evaluate_loader
-    from featinv.invert import InvertConfig, invert_images
+    from featinv.invert import DEFAULT_LR, InvertConfig, invert_images
     from featinv.pretrained import shipped_decoders
 
     recs = split_records("val", args.images)
@@ -76,7 +98,8 @@ def table(args: argparse.Namespace) -> list[dict]:
         row = {"stage": stage, "decoder_psnr": ev.metrics["psnr"], "decoder_ssim": ev.metrics["ssim"],
                "decoder_fe": ev.metrics["feature_error"], "decoder_s_per_image": dec_s}
         for method in ("refine", "optimize"):
-            out = Path(args.out) / "table" / f"{stage}-{method}"
+            lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[method]
+            out = Path(args.out) / "table" / f"{stage}-{method}-lr{lr:g}"  # finished ones are reused
             m = invert_images(run.extractor, recs, out, method, cfg, run.decoder if method == "refine" else None,
                               batch_size=args.batch_size, num_save=4, title=run.describe())
             row.update({f"{method}_psnr": m["psnr"], f"{method}_ssim": m["ssim"],
@@ -95,6 +118,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default="bench-out/invert")
+    p.add_argument("--stages", nargs="+", default=["stage1", "stage4"], help="--choose: the stages of the grid")
+    p.add_argument("--lrs", nargs="+", type=float, default=[0.02, 0.1], help="--choose: step sizes tried")
+    p.add_argument("--tvs", nargs="+", type=float, default=[0.005, 0.05], help="--choose: TV weights tried")
+    p.add_argument("--refine-lrs", nargs="+", type=float, default=[0.002, 0.0005],
+                   help="--choose: step sizes of refine from the shipped stage-1 decoder")
     args = p.parse_args()
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     load = os.getloadavg()[0]

@@ -10,6 +10,7 @@ sum of its images' objectives, so a batch gives what its images give one by one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,6 +35,8 @@ from .utils import FeatinvError, atomic_write_text, progress_enabled, resolve_de
 log = logging.getLogger("featinv")
 
 METHODS = ("optimize", "refine")
+# The step size of each method when --lr is not given (bench/invert.py --choose, training photos).
+DEFAULT_LR = {"optimize": 0.02, "refine": 0.002}
 
 
 @dataclass
@@ -41,7 +44,8 @@ class InvertConfig:
     """The search's settings, each with its flag (defaults chosen on training photos: bench/invert.py)."""
 
     steps: int = setting(500, "Adam steps per image (the step cap)")
-    lr: float = setting(0.05, "Adam's step size on [0,1] pixels, cosine-decayed to 1% over the steps")
+    lr: Optional[float] = setting(None, "Adam's step size on [0,1] pixels, cosine-decayed to 1% over the steps "
+                                  "(default: 0.02 for optimize, 0.002 for refine, which starts close)")
     tv_weight: float = setting(0.05, "weight of the total-variation prior")
     tv_beta: float = setting(2.0, "β of the total-variation prior (Mahendran & Vedaldi's TV_β)")
     alpha_weight: float = setting(0.0, "weight of the α-norm prior on the centred image")
@@ -87,8 +91,9 @@ def search(extractor: FeatureExtractor, target: dict[str, torch.Tensor], start: 
     """Minimise the objective from ``start`` (B×3×H×W in [0,1]); returns, per image, the iterate
     with the lowest feature error (the start included), that error, and the mean objective per step.
     ``on_step(step, x)`` sees every iterate (tests, progress)."""
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR["optimize"]
     x = start.detach().float().clone().clamp_(0, 1).requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=cfg.lr)
+    opt = torch.optim.Adam([x], lr=lr)
     best = x.detach().clone()
     best_fe = torch.full((len(x),), math.inf, device=x.device)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -106,7 +111,7 @@ def search(extractor: FeatureExtractor, target: dict[str, torch.Tensor], start: 
         if step == cfg.steps:
             break
         for group in opt.param_groups:  # cosine from lr to lr/100
-            group["lr"] = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps))))
+            group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps))))
         opt.zero_grad(set_to_none=True)
         obj.sum().backward()  # a sum over images: each image's gradient is its own
         opt.step()
@@ -152,6 +157,8 @@ def invert_images(
     run resumes after the images it finished. Writes metrics.json, per_image.csv, results/."""
     if method == "refine" and decoder is None:
         raise FeatinvError("--method refine starts from a trained decoder's reconstruction: pass --run RUN.")
+    if cfg.lr is None:
+        cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[method])
     out = Path(out)
     rows = _done_rows(out / "per_image.csv")
     todo = [i for i, r in enumerate(records) if r.relpath not in {row["file"] for row in rows}]
