@@ -87,7 +87,7 @@ def table(args: argparse.Namespace) -> list[dict]:
     from featinv.pretrained import shipped_decoders
 
     recs = split_records("val", args.images)
-    cfg = InvertConfig(steps=args.steps)
+    cfg = InvertConfig(steps=args.steps, lr=args.lr)
     rows = []
     for stage, run_dir in shipped_decoders().items():
         run = featinv.load_run(run_dir, device="cpu")
@@ -118,6 +118,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default="bench-out/invert")
+    p.add_argument("--lr", type=float, default=None, help="the table: one step size for both methods (default: each method's)")
     p.add_argument("--stages", nargs="+", default=["stage1", "stage4"], help="--choose: the stages of the grid")
     p.add_argument("--lrs", nargs="+", type=float, default=[0.02, 0.1], help="--choose: step sizes tried")
     p.add_argument("--tvs", nargs="+", type=float, default=[0.005, 0.05], help="--choose: TV weights tried")
@@ -137,11 +138,11 @@ def main() -> int:
                   f"{r['refine_fe']:.3f} {r['refine_psnr_change']:>+6.2f} {100 * r['refine_fe_change']:>+6.0f}% "
                   f"{r['optimize_psnr']:>9.2f} / {r['optimize_fe']:.3f} "
                   f"{r['refine_s_per_image']:>6.1f}/{r['optimize_s_per_image']:.1f}")
-    name = "choose.json" if args.choose else "table.json"
+    name = "choose.json" if args.choose else f"table{'' if args.lr is None else f'-lr{args.lr:g}'}.json"
     Path(args.out).mkdir(parents=True, exist_ok=True)
     from featinv.invert import InvertConfig
 
-    settings = dataclasses.asdict(InvertConfig(steps=args.steps))
+    settings = dataclasses.asdict(InvertConfig(steps=args.steps, lr=args.lr))
     (Path(args.out) / name).write_text(json.dumps({"rows": rows, "args": vars(args), "load": load, "settings": settings},
                                                   indent=2) + "\n")
     return 0
