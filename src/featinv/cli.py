@@ -288,7 +288,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .dist import world_from_env
     from .evaluate import evaluate_run, load_run
+
+    if not world_from_env().main:  # under torchrun rank 0 scores the whole set (evaluate_run is not sharded)
+        return
 
     run = load_run(args.run, device=args.device)
     m = evaluate_run(run, data=args.data, out=args.out, num_save=args.num_save, batch_size=args.batch_size)
