@@ -47,15 +47,14 @@ def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozense
     import dataclasses
     import typing
 
-    from .config import default_of
+    from .config import default_of, field_flag
 
     for section, cls in sections.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            key = f"{section}.{f.name}"
-            if f.metadata.get("flag", "") is None or key in skip:
+            key, flag = f"{section}.{f.name}", field_flag(f)
+            if flag is None or key in skip:
                 continue
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
             default, tp = default_of(f), hints[f.name]
             metavar = f.metadata.get("metavar") or flag.lstrip("-").upper().replace("-", "_")
             kw: dict = {"dest": key, "default": None, "help": f.metadata["help"]}

@@ -137,13 +137,16 @@ SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "decoder": DecoderCo
             "train": TrainConfig}
 
 
+def field_flag(f: dataclasses.Field) -> Optional[str]:
+    """A field's flag: its own, else ``--field-name``; None for a field without one."""
+    flag = f.metadata.get("flag", "")
+    return None if flag is None else flag or "--" + f.name.replace("_", "-")
+
+
 def flag_of(section: str, name: str) -> str:
     """The command-line spelling of a setting: its flag, else ``--set section.name``."""
-    f = next(f for f in fields(SECTIONS[section]) if f.name == name)
-    flag = f.metadata.get("flag", "")
-    if flag is None:
-        return f"--set {section}.{name}"
-    return flag or "--" + name.replace("_", "-")
+    flag = field_flag(next(f for f in fields(SECTIONS[section]) if f.name == name))
+    return flag if flag is not None else f"--set {section}.{name}"
 
 
 def default_of(f: dataclasses.Field) -> Any:

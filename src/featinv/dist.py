@@ -69,40 +69,24 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is True on any (a stop decision all ranks take together)."""
+def reduce_over_ranks(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``t`` summed (``op="sum"``) or maximised element-wise (``"max"``) over ranks; a copy under
+    torchrun, ``t`` itself for one process."""
     if not current().distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+        return t
+    out = t.detach().clone().to(_device())
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return out.to(t.device)
 
 
 def max_over_ranks(values: list[float]) -> list[float]:
     """The element-wise maximum of ``values`` over ranks (several flags in one collective)."""
-    if not current().distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    return reduce_over_ranks(torch.tensor(values, dtype=torch.float64), "max").tolist()
 
 
-def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """The sum of ``t`` over ranks (a copy; ``t`` itself is left as it is)."""
-    if not current().distributed:
-        return t
-    out = t.detach().clone().to(_device())
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out.to(t.device)
-
-
-def max_over_ranks_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The element-wise maximum of ``t`` over ranks (a copy)."""
-    if not current().distributed:
-        return t
-    out = t.detach().clone().to(_device())
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out.to(t.device)
+def sum_with_count(total: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+    """A running sum and its count, each added over ranks."""
+    return reduce_over_ranks(total), int(reduce_over_ranks(torch.tensor([float(n)]))[0])
 
 
 def all_gather(obj: Any) -> list[Any]:
@@ -112,15 +96,6 @@ def all_gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not current().distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:

@@ -240,11 +240,6 @@ def run_title(cfg: RunConfig, weights: str) -> str:
     return text + ("\n" + " ".join(cfg.notes) if cfg.notes else "")
 
 
-def load_decoder_export(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``decoder.json`` and the tensors of ``decoder.safetensors`` from a run directory."""
-    return RunDir(path).read_decoder()
-
-
 def load_run(path: Union[str, Path], device: str = "auto") -> Run:
     """Rebuild the backbone and the exported decoder of a run directory."""
     rd = RunDir(path)

@@ -90,4 +90,4 @@ class FeatureCache:
     def sync(self) -> None:
         """Flush this rank's rows, then mark filled the rows any rank filled (a collective under torchrun)."""
         self.flush()
-        self.filled = dist.max_over_ranks_tensor(self.filled.to(torch.int32)).bool()
+        self.filled = dist.reduce_over_ranks(self.filled.to(torch.int32), "max").bool()

@@ -28,7 +28,7 @@ from .metrics import feature_distance
 from .backbones import FeatureExtractor, get_spec
 from .config import setting
 from .data import ImageDataset, ImageRecord, SkipLog, find_images, make_loader, to_float, usable_records
-from .evaluate import load_run, reconstruct
+from .evaluate import load_run
 from .rundir import read_csv, write_csv
 from .utils import FeatinvError, atomic_write_text, progress_enabled, resolve_device
 
@@ -161,7 +161,8 @@ def invert_images(
         cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[method])
     out = Path(out)
     rows = _done_rows(out / "per_image.csv")
-    todo = [i for i, r in enumerate(records) if r.relpath not in {row["file"] for row in rows}]
+    done = {row["file"] for row in rows}
+    todo = [i for i, r in enumerate(records) if r.relpath not in done]
     layers = list(extractor.layers)
     loader = make_loader(ImageDataset([records[i] for i in todo], image_size, resize, train=False), batch_size,
                          shuffle=False, num_workers=0)
@@ -173,7 +174,8 @@ def invert_images(
         t0 = time.perf_counter()
         with torch.no_grad():
             target = extractor(x)
-            start = reconstruct(extractor, decoder, x) if method == "refine" else start_image(x, cfg, index)
+            # refine: the decoder reads the features just computed (one backbone pass, as reconstruct's)
+            start = decoder(target).float().clamp(0, 1) if method == "refine" else start_image(x, cfg, index)
         best, _, _ = search(extractor, target, start, cfg)
         took = (time.perf_counter() - t0) / len(x)
         errors = feature_error(extractor, best, target)

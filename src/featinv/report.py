@@ -21,10 +21,6 @@ from .utils import FeatinvError, atomic_write_bytes, atomic_write_text
 # ── run directories → table rows ──────────────────────────────────────────────────────────────
 
 
-def run_completed(run_dir: Path) -> bool:
-    return RunDir(run_dir).completed()
-
-
 def _layer_set_label(backbone: str, layers: Sequence[str]) -> str:
     """Layers named by stage (stage1..stage4, or `all`), whatever spelling the run used."""
     from .backbones import STAGES, get_spec

@@ -31,7 +31,7 @@ from torch import nn
 from . import dist
 from ._version import __version__
 from .backbones import FeatureExtractor
-from .config import RunConfig, diff_configs, validate_config
+from .config import RunConfig, diff_configs, flag_of, validate_config
 from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .featurecache import FeatureCache
@@ -53,8 +53,6 @@ RESUMABLE_CHANGES = {
     ("train", "epochs"), ("train", "device"), ("train", "checkpoint_every"), ("train", "patience"), ("train", "minutes"),
     ("data", "num_workers"), ("data", "strict"),
 }
-# The flags of RESUMABLE_CHANGES, for the one sentence that lists them.
-_RESUMABLE_FLAGS = {("data", "num_workers"): "--workers"}
 
 
 def metric_fields(parts: list[str]) -> list[str]:
@@ -100,10 +98,6 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def has_checkpoint(run_dir: Union[str, Path]) -> bool:
-    return RunDir(run_dir).has_checkpoint()
-
-
 def check_output_dir(out: Union[str, Path, RunDir], cfg: RunConfig, resume: bool) -> None:
     """A new run needs a folder without a run in it; a resumed one, the same run's folder."""
     run = out if isinstance(out, RunDir) else RunDir(out)
@@ -115,7 +109,7 @@ def check_output_dir(out: Union[str, Path, RunDir], cfg: RunConfig, resume: bool
         raise FeatinvError(f"--resume: {run.path} holds no checkpoint to resume; drop --resume to start a new run there.")
     changed = [k for k in diff_configs(run.read_config().to_dict(), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
     if changed:
-        flags = sorted(_RESUMABLE_FLAGS.get(k, "--" + k[1].replace("_", "-")) for k in RESUMABLE_CHANGES)
+        flags = sorted(flag_of(*k) for k in RESUMABLE_CHANGES)
         raise FeatinvError(
             f"--resume: {run.path} holds a different run (settings differ: {', '.join('.'.join(k) for k in changed)}); "
             f"only {', '.join(flags)} may change when resuming."
@@ -204,13 +198,13 @@ class MeanImage:
         self.sum += x.sum(0, dtype=torch.float64)
         self.n += len(x)
 
-    def result(self) -> torch.Tensor:
-        """The mean over every rank's images (a collective under torchrun: all ranks call it)."""
-        total, n = dist.sum_over_ranks(self.sum), int(dist.sum_over_ranks(torch.tensor([float(self.n)]))[0])
-        return (total / max(1, n)).float()
-
     def totals(self) -> tuple[torch.Tensor, int]:
-        return dist.sum_over_ranks(self.sum), int(dist.sum_over_ranks(torch.tensor([float(self.n)]))[0])
+        """The sum and count over every rank's images (a collective under torchrun: all ranks call it)."""
+        return dist.sum_with_count(self.sum, self.n)
+
+    def result(self) -> torch.Tensor:
+        total, n = self.totals()
+        return (total / max(1, n)).float()
 
 
 class LossSums:
@@ -230,14 +224,10 @@ class LossSums:
 
     def totals(self) -> tuple[torch.Tensor, int]:
         """The sums and count over every rank (a collective under torchrun)."""
-        return dist.sum_over_ranks(self.sum), int(dist.sum_over_ranks(torch.tensor([float(self.n)]))[0])
+        return dist.sum_with_count(self.sum, self.n)
 
     def total(self) -> float:
         return float(self.totals()[0][0])
-
-    def means(self) -> list[float]:
-        total, n = self.totals()
-        return (total / n).tolist()
 
 
 class TrainState:
@@ -622,10 +612,11 @@ class Trainer:
         p = self.state.progress
         return self.plateau and p.decay_start is not None and epochs_done * self.steps_per_epoch >= p.decay_start + p.decay_steps
 
-    def end_epoch(self, epoch: int, ev: Evaluation, train_time: float, final: bool) -> dict[str, Any]:
-        """Record epoch ``epoch``: best, plateau decision, checkpoint, metrics.csv row."""
+    def end_epoch(self, epoch: int, ev: Evaluation, train_time: float, final: bool,
+                  train_parts: list[float], n_images: int) -> dict[str, Any]:
+        """Record epoch ``epoch`` (``train_parts``: its mean loss, then each term, over ``n_images``):
+        best, plateau decision, metrics.csv row, checkpoint."""
         s, p = self.state, self.state.progress
-        train_parts = s.losses.means()
         improved = ev.metrics["psnr"] > p.best_psnr
         if improved:
             p.best_psnr, p.best_epoch = ev.metrics["psnr"], epoch + 1
@@ -638,7 +629,7 @@ class Trainer:
             "val_ssim": f"{ev.metrics['ssim']:.5f}",
             "lr": f"{s.opt.param_groups[0]['lr']:.4g}",
             "epoch_time_s": f"{s.clock.epoch_time():.2f}",
-            "train_images_per_s": f"{s.losses.totals()[1] / train_time:.2f}",
+            "train_images_per_s": f"{n_images / train_time:.2f}",
         }
         if self.plateau and p.decay_start is None and not final:
             self.plan_decay(self.rows + [row], epoch + 1)
@@ -725,16 +716,18 @@ class Trainer:
         while reason is None:
             epoch = start
             out_of_time = self.run_epoch(epoch, first)
-            if s.losses.totals()[1] == 0:
+            sums, n = s.losses.totals()  # over every rank, once per epoch
+            if n == 0:
                 raise TrainingFailed("no training image could be decoded; see the skipped files above.")
-            if not math.isfinite(train_loss := s.losses.means()[0]):
-                raise nonfinite(train_loss, f"in epoch {epoch + 1}", self.run)
+            train_parts = (sums / n).tolist()
+            if not math.isfinite(train_parts[0]):
+                raise nonfinite(train_parts[0], f"in epoch {epoch + 1}", self.run)
             # The whole epoch's time, across sessions when it was resumed mid-way, so the
             # images/s of that row counts the same images over the same span.
             train_time = s.clock.end_training_pass()
             final = epoch == t.epochs - 1 or out_of_time or self.decay_done(epoch + 1)
             ev = self.validate(final)
-            self.end_epoch(epoch, ev, train_time, final)
+            self.end_epoch(epoch, ev, train_time, final, train_parts, n)
             reason = self.should_stop(epoch, out_of_time)
             start, first = epoch + 1, 0
         return ev, reason
