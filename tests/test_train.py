@@ -105,7 +105,7 @@ def test_user_errors_are_one_sentence_and_exit_2(argv, message, tmp_path, sample
 
 
 def test_console_script_help():
-    for args in ([], ["train"], ["evaluate"], ["reconstruct"], ["demo"]):
+    for args in ([], ["train"], ["sweep"], ["invert"], ["evaluate"], ["reconstruct"], ["demo"]):
         r = subprocess.run([sys.executable, "-m", "featinv.cli", *args, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: featinv" in r.stdout
 

@@ -57,7 +57,8 @@ def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozense
                 continue
             default, tp = default_of(f), hints[f.name]
             metavar = f.metadata.get("metavar") or flag.lstrip("-").upper().replace("-", "_")
-            kw: dict = {"dest": key, "default": None, "help": f.metadata["help"]}
+            # argparse %-formats help texts: a literal % in a setting's help must be doubled
+            kw: dict = {"dest": key, "default": None, "help": f.metadata["help"].replace("%", "%%")}
             if tp is bool:  # a flag that turns the default around: --strict, --no-augment
                 kw.update(action="store_const", const=not default)
                 kw["help"] += f" ({'on' if default else 'off'} by default; this flag turns it {'off' if default else 'on'})"
