@@ -30,11 +30,11 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
 
 
-def split_records(split: str, n: int):
+def split_records(split: str, n: int, data: Path = DATA):
     from featinv.config import DataConfig
     from featinv.data import SkipLog, split_for_config
 
-    cfg = DataConfig(data=str(DATA), split_file=str(DATA / "split.csv"))
+    cfg = DataConfig(data=str(data), split_file=str(Path(data) / "split.csv"))
     train, val = split_for_config(cfg, SkipLog())
     return (train if split == "train" else val)[:n]
 
@@ -43,15 +43,16 @@ def choose(args: argparse.Namespace) -> list[dict]:
     from featinv.backbones import FeatureExtractor
     from featinv.invert import InvertConfig, invert_images
 
-    recs = split_records("train", args.images)
+    recs = split_records("train", args.images, args.data)
     rows = []
-    for stage in args.stages:
-        fe = FeatureExtractor("efficientnet_lite0", "imagenet", [stage]).eval()
+    for stage in [] if args.refine_only else args.stages:
+        fe = FeatureExtractor("efficientnet_lite0", "imagenet", [stage]).eval().to(args.device)
         for lr in args.lrs:
             for tv in args.tvs:
                 cfg = InvertConfig(steps=args.steps, lr=lr, tv_weight=tv)
                 out = Path(args.out) / "choose" / f"{stage}-lr{lr}-tv{tv}"
-                m = invert_images(fe, recs, out, "optimize", cfg, batch_size=args.batch_size, num_save=0)
+                m = invert_images(fe, recs, out, "optimize", cfg, batch_size=args.batch_size, num_save=0,
+                                  device=torch.device(args.device))
                 rows.append({"stage": stage, "lr": lr, "tv_weight": tv, "psnr": m["psnr"], "ssim": m["ssim"],
                              "feature_error": m["feature_error_mean"]})
                 print(json.dumps(rows[-1]), flush=True)
@@ -60,23 +61,30 @@ def choose(args: argparse.Namespace) -> list[dict]:
 
 
 def choose_refine(args: argparse.Namespace, recs) -> list[dict]:
-    """`refine` from the shipped stage-1 decoder on the same training photos, per step size."""
+    """`refine` from the shipped decoder of each of ``--refine-stages`` on the same training photos,
+    per step size and TV weight."""
     import featinv
     from featinv.evaluate import evaluate_loader
     from featinv.invert import InvertConfig, invert_images
     from featinv.pretrained import shipped_decoders
 
-    run = featinv.load_run(shipped_decoders()["stage1"], device="cpu")
-    ev = evaluate_loader(run.extractor, run.decoder, run.loader(recs, 4, 0), recs, run.device, feature_errors=True)
-    rows = [{"stage": "stage1", "method": "decoder", "psnr": ev.metrics["psnr"], "ssim": ev.metrics["ssim"],
-             "feature_error": ev.metrics["feature_error"]}]
-    for lr in args.refine_lrs:
-        m = invert_images(run.extractor, recs, Path(args.out) / "choose" / f"refine-stage1-lr{lr}", "refine",
-                          InvertConfig(steps=args.steps, lr=lr), run.decoder, batch_size=4, num_save=0)
-        rows.append({"stage": "stage1", "method": "refine", "lr": lr, "psnr": m["psnr"], "ssim": m["ssim"],
-                     "feature_error": m["feature_error_mean"]})
-    for r in rows:
-        print(json.dumps(r), flush=True)
+    rows = []
+    for stage in args.refine_stages:
+        run = featinv.load_run(shipped_decoders()[stage], device=args.device)
+        ev = evaluate_loader(run.extractor, run.decoder, run.loader(recs, 4, 0), recs, run.device,
+                             feature_errors=True, precision="fp32")
+        rows.append({"stage": stage, "method": "decoder", "psnr": ev.metrics["psnr"], "ssim": ev.metrics["ssim"],
+                     "feature_error": ev.metrics["feature_error"]})
+        print(json.dumps(rows[-1]), flush=True)
+        for lr in args.refine_lrs:
+            for tv in args.refine_tvs:
+                cfg = InvertConfig(steps=args.steps, lr=lr, tv_weight=tv)
+                out = Path(args.out) / "choose" / f"refine-{stage}-lr{lr}-tv{tv}"
+                m = invert_images(run.extractor, recs, out, "refine", cfg, run.decoder, batch_size=args.batch_size,
+                                  num_save=0, device=run.device)
+                rows.append({"stage": stage, "method": "refine", "lr": lr, "tv_weight": tv, "psnr": m["psnr"],
+                             "ssim": m["ssim"], "feature_error": m["feature_error_mean"]})
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -86,11 +94,11 @@ def table(args: argparse.Namespace) -> list[dict]:
     from featinv.invert import DEFAULT_LR, InvertConfig, invert_images
     from featinv.pretrained import shipped_decoders
 
-    recs = split_records("val", args.images)
+    recs = split_records("val", args.images, args.data)
     cfg = InvertConfig(steps=args.steps, lr=args.lr)
     rows = []
     for stage, run_dir in shipped_decoders().items():
-        run = featinv.load_run(run_dir, device="cpu")
+        run = featinv.load_run(run_dir, device=args.device)
         t = time.perf_counter()
         ev = evaluate_loader(run.extractor, run.decoder, run.loader(recs, args.batch_size, 0), recs,
                              run.device, feature_errors=True, precision="fp32")
@@ -101,7 +109,7 @@ def table(args: argparse.Namespace) -> list[dict]:
             lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[method]
             out = Path(args.out) / "table" / f"{stage}-{method}-lr{lr:g}"  # finished ones are reused
             m = invert_images(run.extractor, recs, out, method, cfg, run.decoder if method == "refine" else None,
-                              batch_size=args.batch_size, num_save=4, title=run.describe())
+                              batch_size=args.batch_size, num_save=4, title=run.describe(), device=run.device)
             row.update({f"{method}_psnr": m["psnr"], f"{method}_ssim": m["ssim"],
                         f"{method}_fe": m["feature_error_mean"], f"{method}_s_per_image": m["seconds_per_image"]})
         row["refine_fe_change"] = row["refine_fe"] / row["decoder_fe"] - 1
@@ -118,18 +126,23 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default="bench-out/invert")
+    p.add_argument("--data", type=Path, default=DATA, help="the imagenet-sample folder (with split.csv)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the seconds per image are this device's)")
     p.add_argument("--lr", type=float, default=None, help="the table: one step size for both methods (default: each method's)")
     p.add_argument("--stages", nargs="+", default=["stage1", "stage4"], help="--choose: the stages of the grid")
     p.add_argument("--lrs", nargs="+", type=float, default=[0.02, 0.1], help="--choose: step sizes tried")
     p.add_argument("--tvs", nargs="+", type=float, default=[0.005, 0.05], help="--choose: TV weights tried")
-    p.add_argument("--refine-lrs", nargs="+", type=float, default=[0.002, 0.0005],
-                   help="--choose: step sizes of refine from the shipped stage-1 decoder")
+    p.add_argument("--refine-stages", nargs="+", default=["stage1"], help="--choose: refine from these shipped decoders")
+    p.add_argument("--refine-lrs", nargs="+", type=float, default=[0.002, 0.0005], help="--choose: refine's step sizes")
+    p.add_argument("--refine-tvs", nargs="+", type=float, default=[0.05], help="--choose: refine's TV weights")
+    p.add_argument("--refine-only", action="store_true", help="--choose: skip the optimize grid")
     args = p.parse_args()
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     load = os.getloadavg()[0]
     rows = choose(args) if args.choose else table(args)
-    print(f"efficientnet_lite0 imagenet; {args.images} photos; {args.steps} steps; "
-          f"{torch.get_num_threads()} threads; load average at start {load:.2f}")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
+    print(f"efficientnet_lite0 imagenet; {args.images} photos; {args.steps} steps; {where}; "
+          f"load average at start {load:.2f}")
     if not args.choose:
         print(f"{'stage':<7} {'decoder dB / FE':>17} {'refine dB / FE':>17} {'Δ dB':>6} {'Δ FE':>7} "
               f"{'optimize dB / FE':>18} {'s/img ref/opt':>14}")
@@ -144,7 +157,7 @@ def main() -> int:
 
     settings = dataclasses.asdict(InvertConfig(steps=args.steps, lr=args.lr))
     (Path(args.out) / name).write_text(json.dumps({"rows": rows, "args": vars(args), "load": load, "settings": settings},
-                                                  indent=2) + "\n")
+                                                  indent=2, default=str) + "\n")
     return 0
 
 

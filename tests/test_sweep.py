@@ -124,5 +124,43 @@ def test_a_finished_run_with_other_settings_is_not_reused(tiny_sweep, capsys):
     out, argv = tiny_sweep
     changed = [a if a != "1" or argv[i - 1] != "--epochs" else "2" for i, a in enumerate(argv)]
     assert changed != argv
+    plan = (out / "sweep.json").read_text()
     assert main(changed) == 2
     assert "train.epochs" in capsys.readouterr().err
+    assert (out / "sweep.json").read_text() == plan  # refused before writing anything
+
+
+def test_a_sweep_with_three_methods_writes_every_row_and_figure(samples, tmp_path, capsys):
+    """The inversion method is a dimension of the study: a row per (layers, method) on the same
+    held-out images, with the decoder's reference lines, feature error, s/image and agreement."""
+    out = tmp_path / "m"
+    argv = ["-q", "sweep", "--data", str(samples / "train"), "--val-data", str(samples / "val"), "--out", str(out),
+            "--models", "efficientnet_lite0:imagenet", "--layer-sets", "stage1", "--epochs", "1",
+            "--batch-size", "3", "--max-images", "3", "--width", "16", "--num-save", "2", "--workers", "0",
+            "--device", "cpu", "--methods", "decoder", "optimize", "refine", "--invert-steps", "3"]
+    assert main(argv) == 0
+    for name in SWEEP_FILES:
+        assert (out / name).is_file(), name
+    rows = json.loads((out / "summary.json").read_text())
+    names = ["efficientnet_lite0-imagenet-stage1", "efficientnet_lite0-imagenet-stage1-optimize",
+             "efficientnet_lite0-imagenet-stage1-refine"]
+    assert [r["name"] for r in rows] == names and [r["method"] for r in rows] == ["decoder", "optimize", "refine"]
+    decoder = rows[0]
+    for r in rows[1:]:
+        m = json.loads((out / "runs" / r["name"] / "metrics.json").read_text())
+        assert (r["psnr"], r["feature_error"], r["seconds_per_image"]) == (m["psnr"], m["feature_error_mean"],
+                                                                          m["seconds_per_image"])
+        assert m["n_images"] == decoder["n_images"] == 3 and m["settings"]["steps"] == 3
+        assert r["ref_bicubic_psnr"] == decoder["ref_bicubic_psnr"] and r["stride"] == decoder["stride"] == 4
+        assert r["epochs"] is None and r["top1_agreement"] is not None
+    assert decoder["feature_error"] > 0 and decoder["seconds_per_image"] > 0 and decoder["top1_agreement"] is not None
+    md = (out / "summary.md").read_text()
+    assert "| method | feature error | s/image |" in md and "| refine |" in md
+    page = (out / "report.html").read_text()
+    assert "refine (optimisation on the pixels)" in page and page.count("<tr><td>efficientnet_lite0") == 3
+    # the same images: the grid's check that every column saw the same originals passed, and
+    assert (out / "runs" / names[2] / "results" / "original_1.png").read_bytes() == \
+        (out / "runs" / names[0] / "results" / "original_1.png").read_bytes()
+    assert main([*argv[:-4], "--methods", "decoder", "dream"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("featinv: error: --methods takes decoder, optimize, refine")

@@ -167,3 +167,15 @@ def test_default_recipe_beats_the_mean_image_on_held_out_photos(tmp_path, sample
     s = train(cfg, tmp_path / "run")
     assert s["val"]["psnr"] > s["reference"]["mean_image"]["psnr"] + 2.0
     assert s["val"]["ssim"] > s["reference"]["mean_image"]["ssim"]
+
+
+def test_training_leaves_no_loader_workers_behind(tmp_path, samples):
+    """Persistent data-loader workers left to the garbage collector outlive the run; on a GPU
+    machine (pinned memory) the interpreter then waits 5 s per worker at exit."""
+    import multiprocessing
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.data.num_workers = 2  # 9 training photos, batch 3: the loader starts its workers
+    before = {p.pid for p in multiprocessing.active_children()}
+    train(cfg, tmp_path / "run")
+    assert [p.pid for p in multiprocessing.active_children() if p.pid not in before] == []

@@ -41,9 +41,10 @@ def add_config_flags(p: argparse.ArgumentParser, skip: frozenset = frozenset()) 
     p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
 
 
-def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozenset = frozenset()) -> None:
+def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozenset = frozenset(),
+                      prefix: str = "") -> None:
     """The flags of the fields of ``sections`` ({name: dataclass}); values land in ``args`` as
-    ``"name.field"`` (None when not given)."""
+    ``"name.field"`` (None when not given). ``prefix``: spelled ``--PREFIXflag`` (``--invert-steps``)."""
     import dataclasses
     import typing
 
@@ -55,6 +56,7 @@ def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozense
             key, flag = f"{section}.{f.name}", field_flag(f)
             if flag is None or key in skip:
                 continue
+            flag = "--" + prefix + flag[2:]
             default, tp = default_of(f), hints[f.name]
             metavar = f.metadata.get("metavar") or flag.lstrip("-").upper().replace("-", "_")
             # argparse %-formats help texts: a literal % in a setting's help must be doubled
@@ -115,7 +117,15 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    help="BACKBONE:WEIGHTS pairs, e.g. efficientnet_lite0:imagenet resnet50:random "
                    "(instead of --backbone with --weights)")
     p.add_argument("--no-semantic", action="store_true", help="skip the classifier agreement on reconstructions")
+    from .invert import InvertConfig
+    from .sweep import METHODS
+
+    p.add_argument("--methods", nargs="+", default=["decoder"], metavar="METHOD",
+                   help=f"how to invert, each a row of the study: {', '.join(METHODS)} (default decoder; "
+                   "optimize and refine as `featinv invert`, on the decoders' held-out images; refine "
+                   "trains the decoder it starts from)")
     _add_run_flags(p, sweep=True)
+    add_section_flags(p, {"invert": InvertConfig}, prefix="invert-")
 
 
 def _invert_parser(sub: argparse._SubParsersAction) -> None:
@@ -144,13 +154,19 @@ def _invert_parser(sub: argparse._SubParsersAction) -> None:
     add_section_flags(p, {"invert": InvertConfig})
 
 
-def cmd_invert(args: argparse.Namespace) -> None:
+def _invert_config(args: argparse.Namespace) -> "InvertConfig":
     import dataclasses
 
-    from .invert import InvertConfig, invert
+    from .invert import InvertConfig
 
-    cfg = InvertConfig(**{f.name: v for f in dataclasses.fields(InvertConfig)
-                          if (v := getattr(args, f"invert.{f.name}")) is not None})
+    return InvertConfig(**{f.name: v for f in dataclasses.fields(InvertConfig)
+                           if (v := getattr(args, f"invert.{f.name}", None)) is not None})
+
+
+def cmd_invert(args: argparse.Namespace) -> None:
+    from .invert import invert
+
+    cfg = _invert_config(args)
     m = invert(args.data, args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
                method=args.method, run=args.run, cfg=cfg, batch_size=args.batch_size, max_images=args.max_images,
                num_save=args.num_save, device=args.device)
@@ -269,7 +285,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     models = parse_models(args.models, base.backbone.name, args.weights)
     models = [(b, w if w in ("imagenet", "random") else str(Path(w).expanduser().resolve())) for b, w in models]
     rows = run_sweep(base, args.out, args.layer_sets or DEFAULT_LAYER_SETS, models, semantic=not args.no_semantic,
-                     command=args.command_line)
+                     command=args.command_line, methods=args.methods, invert_cfg=_invert_config(args))
     from .dist import world_from_env
     from .report import markdown_table
 

@@ -28,7 +28,7 @@ from .metrics import feature_distance
 from .backbones import FeatureExtractor, get_spec
 from .config import setting
 from .data import ImageDataset, ImageRecord, SkipLog, find_images, make_loader, to_float, usable_records
-from .evaluate import load_run
+from .evaluate import agreement, load_run
 from .rundir import read_csv, write_csv
 from .utils import FeatinvError, atomic_write_text, progress_enabled, resolve_device
 
@@ -36,7 +36,7 @@ log = logging.getLogger("featinv")
 
 METHODS = ("optimize", "refine")
 # The step size of each method when --lr is not given (bench/invert.py --choose, training photos).
-DEFAULT_LR = {"optimize": 0.02, "refine": 0.002}
+DEFAULT_LR = {"optimize": 0.02, "refine": 0.0005}
 
 
 @dataclass
@@ -45,7 +45,7 @@ class InvertConfig:
 
     steps: int = setting(500, "Adam steps per image (the step cap)")
     lr: Optional[float] = setting(None, "Adam's step size on [0,1] pixels, cosine-decayed to 1% over the steps "
-                                  "(default: 0.02 for optimize, 0.002 for refine, which starts close)")
+                                  "(default: 0.02 for optimize, 0.0005 for refine, which starts close)")
     tv_weight: float = setting(0.05, "weight of the total-variation prior")
     tv_beta: float = setting(2.0, "β of the total-variation prior (Mahendran & Vedaldi's TV_β)")
     alpha_weight: float = setting(0.0, "weight of the α-norm prior on the centred image")
@@ -151,10 +151,15 @@ def invert_images(
     num_save: int = 8,
     device: torch.device = torch.device("cpu"),
     title: str = "",
+    semantic: bool = True,
+    extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Invert every image of ``records`` (center crops) and score it; ``refine`` starts from
     ``decoder``'s reconstruction. Per-image rows are written after every batch and an interrupted
-    run resumes after the images it finished. Writes metrics.json, per_image.csv, results/."""
+    run resumes after the images it finished. Writes metrics.json, per_image.csv, results/.
+    ``semantic``: with pretrained weights, also whether the backbone's classifier gives original
+    and result the same class (top-1 / top-5 agreement, as for decoders). ``extra``: more keys
+    for metrics.json (a sweep's reference lines)."""
     if method == "refine" and decoder is None:
         raise FeatinvError("--method refine starts from a trained decoder's reconstruction: pass --run RUN.")
     if cfg.lr is None:
@@ -164,6 +169,7 @@ def invert_images(
     done = {row["file"] for row in rows}
     todo = [i for i, r in enumerate(records) if r.relpath not in done]
     layers = list(extractor.layers)
+    classifier = _classifier(extractor, device) if semantic else None
     loader = make_loader(ImageDataset([records[i] for i in todo], image_size, resize, train=False), batch_size,
                          shuffle=False, num_workers=0)
     for batch in tqdm(loader, desc=method, unit="batch", disable=not progress_enabled()):
@@ -180,6 +186,9 @@ def invert_images(
         took = (time.perf_counter() - t0) / len(x)
         errors = feature_error(extractor, best, target)
         scores = M.score(best, x)
+        if classifier is not None:
+            with torch.no_grad():
+                scores["top1_agreement"], scores["top5_agreement"] = agreement(classifier(x), classifier(best))
         for j, i in enumerate(index):
             row = {"file": records[i].relpath, **{k: float(v[j]) for k, v in scores.items()},
                    **{f"fe_{k}": float(errors[k][j]) for k in layers}, "seconds": took}
@@ -189,7 +198,18 @@ def invert_images(
                 figures.save_png(batch["image"][j], out / "results" / f"original_{i}.png")
                 figures.save_png((best[j] * 255).round().to(torch.uint8).cpu(), out / "results" / f"reconstruction_{i}.png")
         write_csv(out / "per_image.csv", rows, list(rows[0]))
-    return _summarise(rows, records, out, method, cfg, layers, num_save, title)
+    info = {"backbone": extractor.weights_info["backbone"], "weights": extractor.weights_info["weights"],
+            "layers": layers, "image_size": image_size,
+            "strides": extractor.strides(image_size), **(extra or {})}
+    return _summarise(rows, records, out, method, cfg, info, num_save, title)
+
+
+def _classifier(extractor: FeatureExtractor, device: torch.device) -> Optional[torch.nn.Module]:
+    """The backbone's own classifier (pretrained weights only: random ones know no classes)."""
+    from .backbones import Classifier
+
+    w = extractor.weights_info
+    return None if w["weights"] == "random" else Classifier(w["backbone"], w["weights"]).to(device).eval()
 
 
 def _done_rows(path: Path) -> list[dict[str, Any]]:
@@ -200,18 +220,20 @@ def _done_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _summarise(rows: list[dict[str, Any]], records: Sequence[ImageRecord], out: Path, method: str,
-               cfg: InvertConfig, layers: list[str], num_save: int, title: str) -> dict[str, Any]:
+               cfg: InvertConfig, info: dict[str, Any], num_save: int, title: str) -> dict[str, Any]:
     if not rows:
         raise FeatinvError("no image could be decoded for the inversion.")
     order = {r.relpath: i for i, r in enumerate(records)}
     rows.sort(key=lambda r: order.get(r["file"], len(order)))
     write_csv(out / "per_image.csv", rows, list(rows[0]))
-    n = len(rows)
-    mean = {k: sum(r[k] for r in rows) / n for k in rows[0] if k != "file"}
+    n, layers = len(rows), info["layers"]
+    # a column every row has (agreement is missing from rows an older version wrote)
+    mean = {k: sum(r[k] for r in rows) / n for k in rows[0] if k != "file" and all(k in r for r in rows)}
     result = {
         "method": method, "n_images": n, "mse": mean["mse"], "psnr": mean["psnr"], "ssim": mean["ssim"],
         "feature_error": {k: mean[f"fe_{k}"] for k in layers}, "feature_error_mean": mean["feature_error"],
-        "seconds_per_image": mean["seconds"], "settings": asdict(cfg),
+        "seconds_per_image": mean["seconds"], "top1_agreement": mean.get("top1_agreement"),
+        "top5_agreement": mean.get("top5_agreement"), **info, "settings": asdict(cfg),
     }
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     saved = [i for i in range(min(num_save, len(records))) if (out / "results" / f"reconstruction_{i}.png").is_file()]

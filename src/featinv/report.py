@@ -31,9 +31,13 @@ def _layer_set_label(backbone: str, layers: Sequence[str]) -> str:
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
-    """One table row from a finished run directory (its summary, per-image scores, semantics)."""
+    """One table row from a finished run directory (its summary, per-image scores, semantics),
+    or from an inversion's folder (see :func:`inversion_row`)."""
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
+    inversion = rd.read_inversion()
+    if inversion is not None and not rd.summary_path.is_file():
+        return inversion_row(run_dir, inversion)
     if not rd.completed():
         raise FeatinvError(f"{run_dir} is not a finished featinv run (no completed summary.json).")
     s = rd.read_summary()
@@ -76,6 +80,36 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     d = rd.read_semantics()
     if d is not None:
         row.update(top1_agreement=d["top1_agreement"], top5_agreement=d["top5_agreement"])
+    fe = rd.read_feature_error() or {}
+    row.update(method="decoder", feature_error=fe.get("feature_error"), seconds_per_image=fe.get("seconds_per_image"))
+    return row
+
+
+def inversion_row(run_dir: Path, m: dict[str, Any]) -> dict[str, Any]:
+    """A table row from an inversion's metrics.json and per_image.csv; the training columns are
+    None, the reference lines those the sweep copied from the decoder run of the same layers."""
+    per = RunDir(run_dir).read_per_image()
+    stride = min(m["strides"].values())
+    ref = m.get("reference") or {}
+    bicubic = next((v for k, v in ref.items() if k.startswith("bicubic")), {})
+    mean_img = ref.get("mean_image", {})
+    row: dict[str, Any] = {
+        "name": Path(run_dir).name, "backbone": m["backbone"], "weights": m["weights"],
+        "layer_set": _layer_set_label(m["backbone"], m["layers"]), "layers": "+".join(m["layers"]),
+        "stride": stride, "n_images": m["n_images"],
+    }
+    for k in ("mse", "psnr", "ssim"):
+        values = [float(r[k]) for r in per]
+        row[k] = m[k]
+        row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row.update(dict.fromkeys(("parameters", "epochs", "converged", "stop_reason", "train_minutes", "images_per_s",
+                              "train_psnr", "train_ssim", "train_time_s")))
+    row.update(
+        ref_mean_image_psnr=mean_img.get("psnr"), ref_mean_image_ssim=mean_img.get("ssim"), ref_bicubic=f"x{stride}",
+        ref_bicubic_psnr=bicubic.get("psnr"), ref_bicubic_ssim=bicubic.get("ssim"),
+        top1_agreement=m.get("top1_agreement"), top5_agreement=m.get("top5_agreement"),
+        method=m["method"], feature_error=m["feature_error_mean"], seconds_per_image=m["seconds_per_image"],
+    )
     return row
 
 
@@ -85,10 +119,10 @@ def expand_report_paths(paths: Sequence[Path]) -> list[Path]:
     for p in map(Path, paths):
         if (p / "sweep.json").is_file():
             runs += [p / "runs" / name for name in json.loads((p / "sweep.json").read_text())["runs"]]
-        elif RunDir(p).summary_path.is_file() or RunDir(p).has_config():
+        elif RunDir(p).summary_path.is_file() or RunDir(p).has_config() or RunDir(p).read_inversion() is not None:
             runs.append(p)
         else:
-            raise FeatinvError(f"{p} is neither a featinv run nor a sweep directory.")
+            raise FeatinvError(f"{p} is neither a featinv run, an inversion nor a sweep directory.")
     return runs
 
 
@@ -99,7 +133,7 @@ TABLE_FIELDS = [
     "mse", "mse_std", "psnr", "psnr_std", "ssim", "ssim_std", "train_psnr", "train_ssim",
     "parameters", "epochs", "converged", "stop_reason", "train_minutes", "images_per_s", "train_time_s",
     "ref_mean_image_psnr", "ref_mean_image_ssim", "ref_bicubic", "ref_bicubic_psnr", "ref_bicubic_ssim",
-    "top1_agreement", "top5_agreement",
+    "top1_agreement", "top5_agreement", "method", "feature_error", "seconds_per_image",
 ]
 TABLE_HEAD = ["configuration", "layers", "stride", "PSNR (dB)", "SSIM", "MSE", "train photos PSNR / SSIM",
               "converged", "epochs", "parameters", "training passes (wall time incl. validation)",
@@ -114,17 +148,39 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+METHOD_HEAD = ["method", "feature error", "s/image"]
+
+
 def _model_label(r: dict[str, Any]) -> str:
     return f"{r['backbone']} ({r['weights']})"
 
 
-def table_cells(r: dict[str, Any]) -> list[str]:
-    """The human-readable cells of one row, shared by the Markdown table and the HTML page."""
+def _decoder(r: dict[str, Any]) -> bool:
+    return r.get("method", "decoder") == "decoder"
+
+
+def _with_methods(rows: Sequence[dict[str, Any]]) -> bool:
+    """Tables get the method columns when a row is an inversion."""
+    return not all(_decoder(r) for r in rows)
+
+
+def table_head(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return TABLE_HEAD[:3] + METHOD_HEAD + TABLE_HEAD[3:] if _with_methods(rows) else TABLE_HEAD
+
+
+def table_cells(r: dict[str, Any], methods: bool = False) -> list[str]:
+    """The human-readable cells of one row, shared by the Markdown table and the HTML page;
+    ``methods``: with the method, feature error and seconds per image."""
+    if _decoder(r):
+        training = [f"{_fmt(r['train_psnr'], 2)} / {_fmt(r['train_ssim'])}", _converged(r), str(r["epochs"]),
+                    f"{r['parameters'] / 1e6:.2f}M", f"{r['train_minutes']:.1f} min ({r['train_time_s']:.0f} s)"]
+    else:
+        training = ["—", "— (no training)", "—", "—", "—"]
+    method = [r["method"], _fmt(r.get("feature_error"), 4), _fmt(r.get("seconds_per_image"), 2)] if methods else []
     return [
-        _model_label(r), r["layer_set"], str(r["stride"]),
+        _model_label(r), r["layer_set"], str(r["stride"]), *method,
         f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.3f} ± {r['ssim_std']:.3f}", f"{r['mse']:.5f}",
-        f"{_fmt(r['train_psnr'], 2)} / {_fmt(r['train_ssim'])}", _converged(r), str(r["epochs"]),
-        f"{r['parameters'] / 1e6:.2f}M", f"{r['train_minutes']:.1f} min ({r['train_time_s']:.0f} s)",
+        *training,
         f"{_fmt(r['ref_mean_image_psnr'], 2)} / {_fmt(r['ref_mean_image_ssim'])}",
         f"{r['ref_bicubic']}: {_fmt(r['ref_bicubic_psnr'], 2)} / {_fmt(r['ref_bicubic_ssim'])}",
         _agreement(r),
@@ -146,8 +202,9 @@ def _converged(r: dict[str, Any]) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
-    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    head, methods = table_head(rows), _with_methods(rows)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(table_cells(r, methods)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -173,8 +230,8 @@ def metrics_vs_depth_figure(rows: Sequence[dict[str, Any]]):
     xs = {s: i for i, s in enumerate(sets)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, unit in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
-        for label in dict.fromkeys(_model_label(r) for r in rows):
-            rs = [r for r in rows if _model_label(r) == label]
+        for label in dict.fromkeys(_line_label(r) for r in rows):
+            rs = [r for r in rows if _line_label(r) == label]
             ax.errorbar([xs[r["layer_set"]] for r in rs], [r[metric] for r in rs],
                         yerr=[r[f"{metric}_std"] for r in rs], marker="o", capsize=3, label=label)
         ref = {r["layer_set"]: r[f"ref_bicubic_{metric}"] for r in rows if r[f"ref_bicubic_{metric}"] is not None}
@@ -194,12 +251,18 @@ def metrics_vs_depth_figure(rows: Sequence[dict[str, Any]]):
     return fig
 
 
+def _line_label(r: dict[str, Any]) -> str:
+    return _model_label(r) + ("" if _decoder(r) else f" — {r['method']}")
+
+
 def learning_curves_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]]):
     """Val PSNR per epoch, one line per configuration, whether it converged in the legend, so a
-    reader sees which decoders had stopped improving."""
+    reader sees which decoders had stopped improving (inversions train nothing: no line)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for d, r in zip(run_dirs, rows):
+        if not _decoder(r):
+            continue
         metrics = RunDir(d).read_metrics()
         label = f"{_model_label(r)} {r['layer_set']} (converged: {_converged(r)})"
         ax.plot([int(m["epoch"]) for m in metrics], [float(m["val_psnr"]) for m in metrics], "o-", ms=3, label=label)
@@ -246,7 +309,7 @@ def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int
     originals, recons, labels = _pairs(run_dirs, n)
     if not originals:
         raise FeatinvError(f"{run_dirs[0]} has no saved pairs (results/original_0.png); train with --num-save > 0.")
-    titles = [f"{_model_label(r)}\n{r['layer_set']}" for r in rows]
+    titles = [f"{_model_label(r)}\n{r['layer_set']}" + ("" if _decoder(r) else f" · {r['method']}") for r in rows]
     suptitle = "per-pixel absolute error" if errors else "held-out images and their reconstructions (PSNR / SSIM)"
     return image_grid(originals, titles, recons, labels, suptitle, errors=errors)
 
@@ -255,8 +318,9 @@ def grid_figure(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], n: int
 
 
 def _paragraph(r: dict[str, Any]) -> str:
+    what = "" if _decoder(r) else f", {html.escape(r['method'])}"
     text = (
-        f"<b>{html.escape(_model_label(r))}, {html.escape(r['layer_set'])}</b> (layers {html.escape(r['layers'])}, "
+        f"<b>{html.escape(_model_label(r))}, {html.escape(r['layer_set'])}{what}</b> (layers {html.escape(r['layers'])}, "
         f"finest stride {r['stride']}): PSNR {r['psnr']:.2f} ± {r['psnr_std']:.2f} dB, "
         f"SSIM {r['ssim']:.3f} ± {r['ssim_std']:.3f}, MSE {r['mse']:.5f} over {r['n_images']} held-out images"
     )
@@ -273,6 +337,11 @@ def _paragraph(r: dict[str, Any]) -> str:
     if r["train_psnr"] is not None:
         text += (f". On as many training photos (center crops) it scores {r['train_psnr']:.2f} dB / "
                  f"{r['train_ssim']:.3f}: a gap of {r['train_psnr'] - r['psnr']:+.2f} dB")
+    if r.get("feature_error") is not None:
+        text += (f". Feature error ‖φ(x̂) − φ(x)‖² / ‖φ(x)‖² {r['feature_error']:.4f}, "
+                 f"{r['seconds_per_image']:.2f} s per image")
+    if not _decoder(r):
+        return f"<p>{text}; found by optimisation on the pixels, no decoder trained.</p>"
     return (f"<p>{text}. Decoder: {r['parameters'] / 1e6:.2f}M parameters, {r['epochs']} epochs, "
             f"{r['train_time_s']:.0f} s of training; converged: {html.escape(_converged(r))}.</p>")
 
@@ -280,7 +349,8 @@ def _paragraph(r: dict[str, Any]) -> str:
 def _run_figures(run_dir: Path) -> str:
     """A run's own figures under its paragraph: its loss curve, its best and worst images."""
     html_parts = []
-    for rel, alt in (("figures/loss_curve.png", "loss curve of"), ("results/best_worst.png", "best and worst images of")):
+    for rel, alt in (("figures/loss_curve.png", "loss curve of"), ("results/best_worst.png", "best and worst images of")) \
+            if RunDir(run_dir).read_inversion() is None else (("results/comparison.png", "results of"),):
         path = Path(run_dir) / rel
         if path.is_file():
             html_parts.append(_img(path.read_bytes(), f"{alt} {Path(run_dir).name}"))
@@ -322,7 +392,18 @@ def differing_settings(run_dirs: Sequence[Path]) -> dict[str, str]:
 
 
 def _facts(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """"What was run": data, models, recipe, time, software, and the settings that differ."""
+    """"What was run": data, models, recipe, time, software, and the settings that differ (from
+    the trained runs; inversions add their methods and settings)."""
+    trained = [d for d, r in zip(run_dirs, rows) if _decoder(r)]
+    inversions = {r["method"]: RunDir(d).read_inversion()["settings"] for d, r in zip(run_dirs, rows) if not _decoder(r)}
+    facts = {f"{m} (optimisation on the pixels)": ", ".join(f"{k} {v}" for k, v in st.items())
+             for m, st in inversions.items()}
+    if not trained:
+        return {"backbones and weights": ", ".join(dict.fromkeys(_model_label(r) for r in rows)), **facts}
+    return {**_training_facts(trained, [r for r in rows if _decoder(r)]), **facts}
+
+
+def _training_facts(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     from ._version import __version__
 
     cfg = RunDir(run_dirs[0]).read_config()
@@ -372,10 +453,11 @@ def build_report(
         for name, data in figures.items():
             atomic_write_bytes(Path(figures_dir) / f"{name}.png", data)
     facts = {**_facts(run_dirs, rows), **(info or {})}
-    commands = [RunDir(d).read_summary().get("command") for d in run_dirs]
+    trained = [d for d, r in zip(run_dirs, rows) if _decoder(r)]
+    commands = [RunDir(d).read_summary().get("command") for d in trained]
     if "command" not in facts and any(commands):
         facts["commands" if len(set(commands)) > 1 else "command"] = "\n".join(
-            dict.fromkeys(f"{Path(d).name}: {c}" if len(set(commands)) > 1 else c for d, c in zip(run_dirs, commands) if c))
+            dict.fromkeys(f"{Path(d).name}: {c}" if len(set(commands)) > 1 else c for d, c in zip(trained, commands) if c))
     page = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -389,8 +471,9 @@ def build_report(
           for k, v in facts.items()],
         "</table>",
         "<h2>Results</h2><table>",
-        "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEAD) + "</tr>",
-        *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in rows],
+        "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table_head(rows)) + "</tr>",
+        *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r, _with_methods(rows))) + "</tr>"
+          for r in rows],
         "</table>",
         "<h2>Metrics against depth</h2>", _img(figures["metrics_vs_depth"], "PSNR and SSIM against depth"),
         "<h2>Learning curves</h2>",

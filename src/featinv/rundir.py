@@ -130,7 +130,9 @@ class RunDir:
     """One run directory: ``config.yaml``, ``metrics.csv``, ``summary.json``, ``commands.txt``,
     ``checkpoints/{last,previous,best}.pt``, ``decoder.{json,safetensors}``, ``semantic.json``,
     ``results/`` (per_image.csv, pairs, best_worst.png), ``figures/``, ``skipped.csv``,
-    ``feature_cache/`` and ``.lock``."""
+    ``feature_cache/`` and ``.lock``; ``feature_error.json`` when a sweep compared the decoder with
+    inversions. An inversion's folder (`featinv invert`) is read here too: ``metrics.json`` naming
+    its method, ``per_image.csv`` and ``results/``."""
 
     def __init__(self, path: Union[str, Path]) -> None:
         self.path = Path(path)
@@ -308,6 +310,9 @@ class RunDir:
 
     # ── results ──
     def read_per_image(self) -> list[dict[str, str]]:
+        """Per-image scores: a run's results/per_image.csv, or an inversion's per_image.csv."""
+        if not self.per_image_path.is_file() and self.read_inversion() is not None:
+            return self.read_inversion_rows()
         return read_csv(self.per_image_path)
 
     def read_semantics(self) -> Optional[dict[str, Any]]:
@@ -315,6 +320,25 @@ class RunDir:
 
     def write_semantics(self, result: dict[str, Any]) -> None:
         atomic_write_text(self.semantic_path, json.dumps(result, indent=2) + "\n")
+
+    def read_feature_error(self) -> Optional[dict[str, Any]]:
+        path = self.path / "feature_error.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def write_feature_error(self, result: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "feature_error.json", json.dumps(result, indent=2) + "\n")
+
+    # ── an inversion's folder ──
+    def read_inversion(self) -> Optional[dict[str, Any]]:
+        """The metrics.json of an optimisation-based inversion (it names its method); None otherwise."""
+        path = self.path / "metrics.json"
+        if not path.is_file():
+            return None
+        m = json.loads(path.read_text(encoding="utf-8"))
+        return m if "method" in m else None
+
+    def read_inversion_rows(self) -> list[dict[str, str]]:
+        return read_csv(self.path / "per_image.csv")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -3,6 +3,11 @@
 A sweep directory holds ``sweep.json`` (the plan), ``runs/<name>/`` (ordinary run directories),
 ``summary.{csv,md,json}``, ``figures/`` and ``report.html``. Running the same sweep again skips
 finished runs and resumes interrupted ones.
+
+With ``methods`` the inversion method is a dimension of the study too: ``runs/<name>-optimize/``
+and ``runs/<name>-refine/`` (from ``runs/<name>``'s decoder) hold what `featinv invert` writes,
+on the decoders' own held-out images, with their reference lines; the decoder runs then also get
+``feature_error.json`` so that every method is compared on pixel and feature fidelity.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from typing import Any, Optional, Sequence, Union
 from . import dist, report
 from .backbones import get_spec, resolve_layers
 from .config import BackboneConfig, RunConfig, validate_config
-from .evaluate import load_run, write_semantics
+from .data import SkipLog, split_for_config
+from .evaluate import evaluate_loader, load_run, write_semantics
+from .invert import METHODS as INVERSIONS
+from .invert import InvertConfig, invert_images
 from .rundir import RunDir
 from .train import train
 from .utils import FeatinvError, atomic_write_text
@@ -27,6 +35,7 @@ from .utils import FeatinvError, atomic_write_text
 log = logging.getLogger("featinv")
 
 DEFAULT_LAYER_SETS = ("stage1", "stage2", "stage3", "stage4", "all")
+METHODS = ("decoder",) + INVERSIONS
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,55 @@ def check_same_settings(
         )
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise FeatinvError(f"--methods takes {', '.join(METHODS)}; got {' '.join(bad) or 'none'}.")
+
+
+def method_dirs(out: Path, e: Entry, methods: Sequence[str]) -> list[Path]:
+    """The folders of one configuration, in the order of ``methods``; ``refine`` needs the decoder,
+    which is then trained (and reported) even when ``decoder`` is not named."""
+    wanted = list(dict.fromkeys((["decoder"] if "refine" in methods else []) + list(methods)))
+    wanted.sort(key=list(METHODS).index)
+    return [out / "runs" / (e.name if m == "decoder" else f"{e.name}-{m}") for m in wanted]
+
+
+def decoder_feature_error(run_dir: Path, base: RunConfig, records: Sequence[Any]) -> None:
+    """The decoder's feature error and seconds per image on the sweep's held-out images
+    (``feature_error.json``), beside the inversions' (skipped when already there)."""
+    rd = RunDir(run_dir)
+    if rd.read_feature_error() is not None:
+        return
+    run = load_run(run_dir, device=base.train.device)
+    t = time.perf_counter()
+    ev = evaluate_loader(run.extractor, run.decoder, run.loader(records, base.train.batch_size, 0), records,
+                         run.device, feature_errors=True, precision=run.precision)
+    rd.write_feature_error({"feature_error": ev.metrics["feature_error"], "n_images": len(ev.per_image),
+                            "seconds_per_image": (time.perf_counter() - t) / max(1, len(ev.per_image))})
+
+
+def run_inversion(method: str, e: Entry, base: RunConfig, out_dir: Path, decoder_dir: Path,
+                  records: Sequence[Any], cfg: InvertConfig) -> None:
+    """`featinv invert` for one configuration; resumes after the images already done."""
+    from .backbones import FeatureExtractor
+    from .utils import resolve_device
+
+    d, t = base.data, base.train
+    trained = RunDir(decoder_dir).completed()
+    if trained:
+        run = load_run(decoder_dir, device=t.device)
+        extractor, decoder, title, device = run.extractor, run.decoder, run.describe(), run.device
+        reference = RunDir(decoder_dir).read_summary().get("reference")
+    else:  # optimize without a trained decoder: no reference lines to borrow
+        device = resolve_device(t.device)
+        extractor = FeatureExtractor(e.backbone, e.weights, list(e.layers), seed=t.seed).to(device).eval()
+        decoder, reference = None, None
+        title = f"{e.backbone} ({extractor.weights_info['weights']} weights), layers {'+'.join(e.layers)}"
+    invert_images(extractor, records, out_dir, method, cfg, decoder if method == "refine" else None, d.image_size,
+                  d.resize, t.batch_size, t.num_save, device, title, extra={"reference": reference})
+
+
 def entry_config(base: RunConfig, e: Entry) -> RunConfig:
     cfg = copy.deepcopy(base)
     cfg.backbone = BackboneConfig(name=e.backbone, weights=e.weights, layers=list(e.layers))
@@ -118,32 +176,42 @@ def run_sweep(
     models: Sequence[tuple[str, str]] = (("resnet50", "imagenet"),),
     semantic: bool = True,
     command: Optional[str] = None,
+    methods: Sequence[str] = ("decoder",),
+    invert_cfg: InvertConfig = InvertConfig(),
 ) -> list[dict[str, Any]]:
     """Train and score every configuration, then write the tables, figures and report.
-    ``command``: the shell-quoted command line, recorded in sweep.json, every run and the report."""
+    ``command``: the shell-quoted command line, recorded in sweep.json, every run and the report.
+    ``methods``: decoder, optimize and/or refine (``invert_cfg``: the searches' settings)."""
     out = Path(out)
     validate_config(base)
+    check_methods(methods)
     entries = plan(base, layer_sets, models)
     check_layers(entries)
     t0 = time.perf_counter()
     # Under torchrun every rank runs the same plan, each configuration data-parallel over all of
     # them (see the README); rank 0 alone writes the sweep's files.
     main = dist.world_from_env().main
+    for e in entries:  # refuse before anything is written, sweep.json included
+        if RunDir(out / "runs" / e.name).completed():
+            check_same_settings(out / "runs" / e.name, entry_config(base, e))
     out.mkdir(parents=True, exist_ok=True)
     sweep_meta = {
         "layer_sets": list(layer_sets),
         "models": [f"{b}:{w}" for b, w in models],
-        "runs": [e.name for e in entries],
+        "methods": list(methods),
+        "runs": [d.name for e in entries for d in method_dirs(out, e, methods)],
         "base_config": base.to_dict(),
         "command": command,
     }
     if main:
         atomic_write_text(out / "sweep.json", json.dumps(sweep_meta, indent=2) + "\n")
+    wants_decoder = "decoder" in methods or "refine" in methods
     for i, e in enumerate(entries, 1):
         run_dir = out / "runs" / e.name
         log.info("── sweep %d/%d: %s", i, len(entries), e.name)
-        if RunDir(run_dir).completed():
-            check_same_settings(run_dir, entry_config(base, e))
+        if not wants_decoder:
+            pass
+        elif RunDir(run_dir).completed():
             log.info("already finished; skipping")
         else:
             resume = RunDir(run_dir).has_checkpoint()
@@ -151,9 +219,19 @@ def run_sweep(
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
             dist.barrier()
             train(entry_config(base, e), run_dir, resume=resume, command=command, semantic=semantic)
-        if main and semantic and e.weights != "random" and RunDir(run_dir).read_semantics() is None:
+        if wants_decoder and main and semantic and e.weights != "random" and RunDir(run_dir).read_semantics() is None:
             write_semantics(load_run(run_dir, device=base.train.device))  # a run finished by an older version
-    run_dirs = [out / "runs" / e.name for e in entries]
+    inversions = [m for m in methods if m in INVERSIONS]
+    if inversions and main:  # the searches run on rank 0 (per image, nothing to share between ranks)
+        _, val = split_for_config(base.data, SkipLog())
+        for e in entries:
+            if wants_decoder:
+                decoder_feature_error(out / "runs" / e.name, base, val)
+            for m in inversions:
+                log.info("── %s: %s", e.name, m)
+                run_inversion(m, e, base, out / "runs" / f"{e.name}-{m}", out / "runs" / e.name, val, invert_cfg)
+    dist.barrier()
+    run_dirs = [d for e in entries for d in method_dirs(out, e, methods)]
     if not main:
         return [report.run_row(d) for d in run_dirs]
     rows = report.build_report(

@@ -32,7 +32,7 @@ from . import dist
 from ._version import __version__
 from .backbones import FeatureExtractor
 from .config import RunConfig, diff_configs, flag_of, validate_config
-from .data import Augment, ImageDataset, SkipLog, make_loader, split_for_config, to_float
+from .data import Augment, ImageDataset, SkipLog, close_loader, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .featurecache import FeatureCache
 from .evaluate import (
@@ -389,11 +389,12 @@ class Trainer:
         self.train_ds = ImageDataset(self.train_recs, d.image_size, d.resize, train=d.augment, seed=t.seed,
                                      augment=Augment(d.crop_scale, d.color_jitter))
         self.train_loader = make_loader(self.train_ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
-                                        pin_memory=pin, rank=self.world.rank, world=self.world.size)
+                                        pin_memory=pin, rank=self.world.rank, world=self.world.size, persistent=True)
         # Validation is sharded: each rank scores a contiguous block, the rows are gathered.
         self.val_part = [self.val_recs[i] for i in dist.shard(len(self.val_recs), self.world)]
         val_ds = ImageDataset(self.val_part, d.image_size, d.resize, train=False)
-        self.val_loader = make_loader(val_ds, t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
+        self.val_loader = make_loader(val_ds, t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin,
+                                      persistent=True)
         self.steps_per_epoch = math.ceil(len(self.train_ds) / (t.batch_size * self.world.size))
 
     def _build_models(self) -> None:
@@ -707,6 +708,9 @@ class Trainer:
             if self.world.main:
                 self.run.record_failure(str(e))
             raise
+        finally:
+            close_loader(self.train_loader)
+            close_loader(self.val_loader)
 
     def _loop(self) -> tuple[Optional[Evaluation], str]:
         s, t = self.state, self.cfg.train
