@@ -179,3 +179,25 @@ def test_training_leaves_no_loader_workers_behind(tmp_path, samples):
     before = {p.pid for p in multiprocessing.active_children()}
     train(cfg, tmp_path / "run")
     assert [p.pid for p in multiprocessing.active_children() if p.pid not in before] == []
+
+
+@pytest.mark.parametrize("precise", [True, False])
+def test_batch_norm_statistics_are_those_of_the_training_photos(tmp_path, samples, precise):
+    """With precise BN (the default) the exported decoder's first batch norm holds the mean of its
+    input over the training photos' center crops; the running average training leaves does not."""
+    from featinv.data import ImageDataset, SkipLog, make_loader, split_for_config, to_float
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.train.precise_bn = precise
+    train(cfg, tmp_path / "run")
+    run = featinv.load_run(tmp_path / "run", device="cpu")
+    bn = next(m for m in run.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    inputs = []
+    bn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
+    recs, _ = split_for_config(run.config.data, SkipLog())
+    with torch.no_grad():
+        for batch in make_loader(ImageDataset(recs, train=False), 3, shuffle=False, num_workers=0):
+            run.decoder(run.extractor(to_float(batch["image"], run.device)))
+    exact = torch.cat(inputs).mean(dim=(0, 2, 3))
+    close = torch.allclose(bn.running_mean, exact, rtol=1e-4, atol=1e-5)
+    assert close == precise, (bn.running_mean - exact).abs().max()

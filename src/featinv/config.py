@@ -129,6 +129,9 @@ class TrainConfig:
                          "ones scored and saved; 0 turns it off")
     patience: int = setting(0, "stop after this many epochs without a better val PSNR and keep the best weights; "
                             "0 turns it off")
+    precise_bn: bool = setting(True, "after the last epoch, recompute the decoder's batch-norm statistics as exact "
+                               "averages over (at most 4096) training photos' center crops, with the final weights",
+                               flag="--no-precise-bn")
     cache_features: bool = setting(False, "with --no-augment: store the frozen backbone's outputs (float16, in "
                                    "RUN/feature_cache) during epoch 1 and train later epochs from them")
 

@@ -163,6 +163,23 @@ def run_inversion(method: str, e: Entry, base: RunConfig, out_dir: Path, decoder
                   d.resize, t.batch_size, t.num_save, device, title, extra={"reference": reference})
 
 
+def run_inversions(out: Path, entries: Sequence[Entry], base: RunConfig, methods: Sequence[str],
+                   cfg: InvertConfig) -> None:
+    """Each configuration's optimize/refine folder, on the decoders' held-out images, and the
+    decoders' own feature error beside them."""
+    inversions = [m for m in methods if m in INVERSIONS]
+    if not inversions:
+        return
+    _, val = split_for_config(base.data, SkipLog())
+    for e in entries:
+        decoder_dir = out / "runs" / e.name
+        if RunDir(decoder_dir).completed():
+            decoder_feature_error(decoder_dir, base, val)
+        for m in inversions:
+            log.info("── %s: %s", e.name, m)
+            run_inversion(m, e, base, out / "runs" / f"{e.name}-{m}", decoder_dir, val, cfg)
+
+
 def entry_config(base: RunConfig, e: Entry) -> RunConfig:
     cfg = copy.deepcopy(base)
     cfg.backbone = BackboneConfig(name=e.backbone, weights=e.weights, layers=list(e.layers))
@@ -221,15 +238,8 @@ def run_sweep(
             train(entry_config(base, e), run_dir, resume=resume, command=command, semantic=semantic)
         if wants_decoder and main and semantic and e.weights != "random" and RunDir(run_dir).read_semantics() is None:
             write_semantics(load_run(run_dir, device=base.train.device))  # a run finished by an older version
-    inversions = [m for m in methods if m in INVERSIONS]
-    if inversions and main:  # the searches run on rank 0 (per image, nothing to share between ranks)
-        _, val = split_for_config(base.data, SkipLog())
-        for e in entries:
-            if wants_decoder:
-                decoder_feature_error(out / "runs" / e.name, base, val)
-            for m in inversions:
-                log.info("── %s: %s", e.name, m)
-                run_inversion(m, e, base, out / "runs" / f"{e.name}-{m}", out / "runs" / e.name, val, invert_cfg)
+    if main:  # the searches run on rank 0 (per image, nothing to share between ranks)
+        run_inversions(out, entries, base, methods, invert_cfg)
     dist.barrier()
     run_dirs = [d for e in entries for d in method_dirs(out, e, methods)]
     if not main:

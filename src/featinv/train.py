@@ -22,7 +22,7 @@ import time
 import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from . import dist
 from ._version import __version__
 from .backbones import FeatureExtractor
 from .config import RunConfig, diff_configs, flag_of, validate_config
-from .data import Augment, ImageDataset, SkipLog, close_loader, make_loader, split_for_config, to_float
+from .data import Augment, ImageDataset, ImageRecord, SkipLog, close_loader, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .featurecache import FeatureCache
 from .evaluate import (
@@ -581,6 +581,22 @@ class Trainer:
             return self.signals.signal
         return SIGNAL_NAMES.get(int(dist.max_over_ranks([SIGNAL_CODES.get(self.signals.signal or "", 0)])[0]))
 
+    def recalibrate_norms(self) -> None:
+        """Precise BN (:func:`recalibrate_norms`) for the scored decoder at the end of training,
+        each rank on its share, the statistics then averaged over ranks."""
+        t, d = self.cfg.train, self.cfg.data
+        if not t.precise_bn:
+            return
+        recs = precise_bn_records(self.train_recs)
+        loader = make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
+                             num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
+                             rank=self.world.rank, world=self.world.size)
+        norms = recalibrate_norms(self.state.scored, self.extractor, loader, self.device, self.precision, t.channels_last)
+        if self.world.distributed:  # each rank saw its share: the mean of the ranks' statistics
+            for m in norms:
+                for buf in (m.running_mean, m.running_var):
+                    buf.copy_(dist.reduce_over_ranks(buf) / self.world.size)
+
     def validate(self, final: bool) -> Evaluation:
         """Score the val split; the ``final`` pass also keeps pairs and the reference lines."""
         return self.score(final)
@@ -730,6 +746,8 @@ class Trainer:
             # images/s of that row counts the same images over the same span.
             train_time = s.clock.end_training_pass()
             final = epoch == t.epochs - 1 or out_of_time or self.decay_done(epoch + 1)
+            if final:
+                self.recalibrate_norms()
             ev = self.validate(final)
             self.end_epoch(epoch, ev, train_time, final, train_parts, n)
             reason = self.should_stop(epoch, out_of_time)
@@ -744,6 +762,7 @@ class Trainer:
             s.decoder.load_state_dict(best["decoder"])
             if s.ema is not None:
                 s.ema.load_state_dict(best["ema"])
+            self.recalibrate_norms()
         if ev is None or reason == "patience":  # resumed a finished run, or back to the best
             ev = self.score(final=True)
         fit = self.score_train_photos()
@@ -858,6 +877,40 @@ def train(
     lock = run.lock(break_lock) if dist.world_from_env().main else contextlib.nullcontext()
     with console_messages(verbose), lock:
         return Trainer(cfg, run, resume, command, semantic).fit()
+
+
+PRECISE_BN_IMAGES = 4096
+
+
+def precise_bn_records(records: Sequence[ImageRecord], n: int = PRECISE_BN_IMAGES) -> list[ImageRecord]:
+    """At most ``n`` of ``records``, evenly spaced (a folder sorted by class keeps every class)."""
+    return list(records[:: max(1, math.ceil(len(records) / n))])
+
+
+def recalibrate_norms(model: nn.Module, extractor: nn.Module, loader: Any, device: torch.device,
+                      precision: str = "fp32", channels_last: bool = False) -> list[nn.Module]:
+    """Recompute ``model``'s batch-norm statistics with its current weights as exact averages over
+    ``loader``'s images ("precise BN", Wu & Johnson 2021); returns the batch norms. The running
+    averages training leaves behind follow its last few dozen batches: at the end of a converged
+    run they moved val PSNR by up to 0.9 dB from one epoch to the next, and recomputing them
+    gained 0.7 dB (bench/precise_bn.py)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return norms
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch
+    model.train()
+    with torch.no_grad():
+        for batch in loader:
+            if "image" in batch:
+                with autocast(precision, device):
+                    model(extractor(to_float(batch["image"], device, channels_last)))
+    model.eval()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return norms
 
 
 class _CallableModule(types.ModuleType):
