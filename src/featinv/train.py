@@ -762,7 +762,7 @@ class Trainer:
             s.decoder.load_state_dict(best["decoder"])
             if s.ema is not None:
                 s.ema.load_state_dict(best["ema"])
-            self.recalibrate_norms()
+            # its batch-norm statistics stay those its best score was measured with (no precise BN)
         if ev is None or reason == "patience":  # resumed a finished run, or back to the best
             ev = self.score(final=True)
         fit = self.score_train_photos()
