@@ -114,3 +114,17 @@ def test_evaluate_reports_the_feature_error_of_a_decoder(tiny_run, tmp_path):
     m = featinv.evaluate_run(featinv.load_run(tiny_run, device="cpu"), out=tmp_path / "ev", num_save=0)
     assert m["feature_error"] > 0
     assert "feature_error" in (tmp_path / "ev" / "per_image.csv").read_text().splitlines()[0]
+
+
+def test_resuming_with_other_settings_is_refused(samples, tmp_path, capsys):
+    """Rows searched with other settings must not be mixed into one folder's table."""
+    out = tmp_path / "inv"
+    assert main(_invert_argv(samples, out, "--max-images", "1")) == 0
+    before = (out / "per_image.csv").read_text()
+    argv = _invert_argv(samples, out)
+    steps = argv.index("--steps")
+    argv[steps + 1] = str(int(argv[steps + 1]) + 1)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("featinv: error:") and "other steps" in err
+    assert (out / "per_image.csv").read_text() == before

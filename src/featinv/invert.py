@@ -165,6 +165,9 @@ def invert_images(
     if cfg.lr is None:
         cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[method])
     out = Path(out)
+    _check_same_search(out, {"method": method, "backbone": extractor.weights_info["backbone"],
+                              "weights": extractor.weights_info["weights"], "layers": list(extractor.layers),
+                              "settings": asdict(cfg)})
     rows = _done_rows(out / "per_image.csv")
     done = {row["file"] for row in rows}
     todo = [i for i, r in enumerate(records) if r.relpath not in done]
@@ -202,6 +205,21 @@ def invert_images(
             "layers": layers, "image_size": image_size,
             "strides": extractor.strides(image_size), **(extra or {})}
     return _summarise(rows, records, out, method, cfg, info, num_save, title)
+
+
+def _check_same_search(out: Path, plan: dict[str, Any]) -> None:
+    """``inversion.json`` records what a folder's rows were searched with; resuming with anything
+    else would mix two searches in one table, so it is refused."""
+    path = out / "inversion.json"
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    changed = [k for k in plan if k != "settings" and old.get(k) != plan[k]]
+    changed += [k for k, v in plan["settings"].items() if old.get("settings", {}).get(k) != v]
+    if changed:
+        raise FeatinvError(f"{out} holds an inversion searched with other {', '.join(changed)}; "
+                           "use another --out to search with these settings.")
 
 
 def _classifier(extractor: FeatureExtractor, device: torch.device) -> Optional[torch.nn.Module]:
