@@ -99,7 +99,7 @@ def evaluate_loader(
         if feature_errors:
             with torch.no_grad(), autocast(precision, x.device):
                 fe = M.feature_distance(extractor(y), extractor(x))
-            s["feature_error"] = torch.stack(list(fe.values())).mean(0)
+            s["feature_error"] = M.mean_over_taps(fe)
         acc.add(s)
         for j, index in enumerate(batch["index"].tolist()):
             rows.append({"file": records[index].relpath, **{k: float(v[j]) for k, v in s.items()}})

@@ -77,8 +77,7 @@ def objective(extractor: FeatureExtractor, x: torch.Tensor, target: dict[str, to
               cfg: InvertConfig, shift: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: (the whole objective, its feature part averaged over layers), at ``x`` (rolled by ``shift``)."""
     xin = torch.roll(x, shifts=shift, dims=(-2, -1)) if shift else x
-    dist = feature_distance(extractor(xin), target)
-    fe = torch.stack(list(dist.values())).mean(0)
+    fe = M.mean_over_taps(feature_distance(extractor(xin), target))
     obj = fe + cfg.tv_weight * total_variation(x, cfg.tv_beta)
     if cfg.alpha_weight:
         obj = obj + cfg.alpha_weight * alpha_norm(x, cfg.alpha)
@@ -118,8 +117,7 @@ def search(extractor: FeatureExtractor, target: dict[str, torch.Tensor], start: 
         with torch.no_grad():
             x.clamp_(0.0, 1.0)  # the box constraint, after every step
     if cfg.jitter:  # jittered steps were not scored: score the final iterate as it is
-        fe = feature_error(extractor, x.detach(), target)
-        fe = torch.stack(list(fe.values())).mean(0)
+        fe = M.mean_over_taps(feature_error(extractor, x.detach(), target))
         better = fe < best_fe
         best[better], best_fe[better] = x.detach()[better], fe[better]
     return best, best_fe, history
@@ -165,13 +163,13 @@ def invert_images(
     if cfg.lr is None:
         cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[method])
     out = Path(out)
-    _check_same_search(out, {"method": method, "backbone": extractor.weights_info["backbone"],
-                              "weights": extractor.weights_info["weights"], "layers": list(extractor.layers),
-                              "settings": asdict(cfg)})
+    layers = list(extractor.layers)
+    source = {"backbone": extractor.weights_info["backbone"], "weights": extractor.weights_info["weights"],
+              "layers": layers}
+    _check_same_search(out, {"method": method, **source, "settings": asdict(cfg)})
     rows = _done_rows(out / "per_image.csv")
     done = {row["file"] for row in rows}
     todo = [i for i, r in enumerate(records) if r.relpath not in done]
-    layers = list(extractor.layers)
     classifier = _classifier(extractor, device) if semantic else None
     loader = make_loader(ImageDataset([records[i] for i in todo], image_size, resize, train=False), batch_size,
                          shuffle=False, num_workers=0)
@@ -201,9 +199,7 @@ def invert_images(
                 figures.save_png(batch["image"][j], out / "results" / f"original_{i}.png")
                 figures.save_png((best[j] * 255).round().to(torch.uint8).cpu(), out / "results" / f"reconstruction_{i}.png")
         write_csv(out / "per_image.csv", rows, list(rows[0]))
-    info = {"backbone": extractor.weights_info["backbone"], "weights": extractor.weights_info["weights"],
-            "layers": layers, "image_size": image_size,
-            "strides": extractor.strides(image_size), **(extra or {})}
+    info = {**source, "image_size": image_size, "strides": extractor.strides(image_size), **(extra or {})}
     return _summarise(rows, records, out, method, cfg, info, num_save, title)
 
 
@@ -282,6 +278,14 @@ def _records(data: Sequence[Union[str, Path]], max_images: Optional[int]) -> lis
     return recs[:max_images] if max_images else recs
 
 
+def plain_extractor(name: str, weights: str, layers: Optional[Sequence[str]], seed: int,
+                    device: torch.device) -> tuple[FeatureExtractor, str]:
+    """The backbone to search through when no trained run gives it, and its title."""
+    taps = list(layers) if layers else get_spec(name).default_layers
+    extractor = FeatureExtractor(name, weights, taps, seed=seed).to(device).eval()
+    return extractor, f"{name} ({extractor.weights_info['weights']} weights), layers {'+'.join(taps)}"
+
+
 def invert(
     data: Sequence[Union[str, Path]],
     out: Union[str, Path],
@@ -314,10 +318,7 @@ def invert(
     elif method == "refine":
         raise FeatinvError("--method refine starts from a trained decoder's reconstruction: pass --run RUN.")
     else:
-        name = backbone or "resnet50"
-        taps = list(layers) if layers else get_spec(name).default_layers
-        extractor = FeatureExtractor(name, weights or "imagenet", taps, seed=cfg.seed).to(dev).eval()
-        title = f"{name} ({extractor.weights_info['weights']} weights), layers {'+'.join(taps)}"
+        extractor, title = plain_extractor(backbone or "resnet50", weights or "imagenet", layers, cfg.seed, dev)
     records = _records(data, max_images)
     return invert_images(extractor, records, out, method, cfg, decoder, image_size, resize, batch_size, num_save, dev,
                          title)

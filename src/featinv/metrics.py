@@ -89,3 +89,8 @@ def feature_distance(feats: dict[str, torch.Tensor], target: dict[str, torch.Ten
         t = t.float().flatten(1)
         out[k] = (feats[k].float().flatten(1) - t).pow(2).sum(1) / t.pow(2).sum(1).clamp_min(1e-12)
     return out
+
+
+def mean_over_taps(errors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per image: the feature errors of :func:`feature_distance` averaged over the taps."""
+    return torch.stack(list(errors.values())).mean(0)

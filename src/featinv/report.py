@@ -41,23 +41,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     if not rd.completed():
         raise FeatinvError(f"{run_dir} is not a finished featinv run (no completed summary.json).")
     s = rd.read_summary()
-    per = rd.read_per_image()
-    stride = min(s["strides"].values())
-    bicubic = next((v for k, v in s["reference"].items() if k.startswith("bicubic")), {})
-    mean_img = s["reference"].get("mean_image", {})
-    row: dict[str, Any] = {
-        "name": run_dir.name,
-        "backbone": s["backbone"]["backbone"],
-        "weights": s["backbone"]["weights"],
-        "layer_set": _layer_set_label(s["backbone"]["backbone"], s["layers"]),
-        "layers": "+".join(s["layers"]),
-        "stride": stride,
-        "n_images": s["val_images"],
-    }
-    for k in ("mse", "psnr", "ssim"):
-        values = [float(r[k]) for r in per]
-        row[k] = s["val"][k]
-        row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row = _scores(run_dir, s["backbone"]["backbone"], s["backbone"]["weights"], s["layers"], s["strides"],
+                  s["val_images"], s["val"])
     fit = s.get("train_eval") or {}
     row.update(
         parameters=s["decoder_parameters"],
@@ -69,11 +54,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         train_psnr=fit.get("psnr"),
         train_ssim=fit.get("ssim"),
         train_time_s=s["train_time_s"],
-        ref_mean_image_psnr=mean_img.get("psnr"),
-        ref_mean_image_ssim=mean_img.get("ssim"),
-        ref_bicubic=f"x{stride}",
-        ref_bicubic_psnr=bicubic.get("psnr"),
-        ref_bicubic_ssim=bicubic.get("ssim"),
+        **_reference_cells(s["reference"], row["stride"]),
         top1_agreement=None,
         top5_agreement=None,
     )
@@ -88,29 +69,44 @@ def run_row(run_dir: Path) -> dict[str, Any]:
 def inversion_row(run_dir: Path, m: dict[str, Any]) -> dict[str, Any]:
     """A table row from an inversion's metrics.json and per_image.csv; the training columns are
     None, the reference lines those the sweep copied from the decoder run of the same layers."""
-    per = RunDir(run_dir).read_per_image()
-    stride = min(m["strides"].values())
-    ref = m.get("reference") or {}
-    bicubic = next((v for k, v in ref.items() if k.startswith("bicubic")), {})
-    mean_img = ref.get("mean_image", {})
-    row: dict[str, Any] = {
-        "name": Path(run_dir).name, "backbone": m["backbone"], "weights": m["weights"],
-        "layer_set": _layer_set_label(m["backbone"], m["layers"]), "layers": "+".join(m["layers"]),
-        "stride": stride, "n_images": m["n_images"],
-    }
-    for k in ("mse", "psnr", "ssim"):
-        values = [float(r[k]) for r in per]
-        row[k] = m[k]
-        row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row = _scores(Path(run_dir), m["backbone"], m["weights"], m["layers"], m["strides"], m["n_images"], m)
     row.update(dict.fromkeys(("parameters", "epochs", "converged", "stop_reason", "train_minutes", "images_per_s",
                               "train_psnr", "train_ssim", "train_time_s")))
     row.update(
-        ref_mean_image_psnr=mean_img.get("psnr"), ref_mean_image_ssim=mean_img.get("ssim"), ref_bicubic=f"x{stride}",
-        ref_bicubic_psnr=bicubic.get("psnr"), ref_bicubic_ssim=bicubic.get("ssim"),
+        **_reference_cells(m.get("reference") or {}, row["stride"]),
         top1_agreement=m.get("top1_agreement"), top5_agreement=m.get("top5_agreement"),
         method=m["method"], feature_error=m["feature_error_mean"], seconds_per_image=m["seconds_per_image"],
     )
     return row
+
+
+def _scores(run_dir: Path, backbone: str, weights: str, layers: Sequence[str], strides: dict[str, int],
+            n_images: int, means: dict[str, float]) -> dict[str, Any]:
+    """A row's first cells: what was inverted, and MSE/PSNR/SSIM (the saved means, the spread
+    over the per-image scores)."""
+    per = RunDir(run_dir).read_per_image()
+    row: dict[str, Any] = {
+        "name": run_dir.name,
+        "backbone": backbone,
+        "weights": weights,
+        "layer_set": _layer_set_label(backbone, layers),
+        "layers": "+".join(layers),
+        "stride": min(strides.values()),
+        "n_images": n_images,
+    }
+    for k in ("mse", "psnr", "ssim"):
+        values = [float(r[k]) for r in per]
+        row[k] = means[k]
+        row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return row
+
+
+def _reference_cells(reference: dict[str, Any], stride: int) -> dict[str, Any]:
+    """The mean-image and bicubic-thumbnail lines of a row (None where not measured)."""
+    bicubic = next((v for k, v in reference.items() if k.startswith("bicubic")), {})
+    mean_img = reference.get("mean_image", {})
+    return {"ref_mean_image_psnr": mean_img.get("psnr"), "ref_mean_image_ssim": mean_img.get("ssim"),
+            "ref_bicubic": f"x{stride}", "ref_bicubic_psnr": bicubic.get("psnr"), "ref_bicubic_ssim": bicubic.get("ssim")}
 
 
 def expand_report_paths(paths: Sequence[Path]) -> list[Path]:

@@ -312,18 +312,17 @@ class RunDir:
     def read_per_image(self) -> list[dict[str, str]]:
         """Per-image scores: a run's results/per_image.csv, or an inversion's per_image.csv."""
         if not self.per_image_path.is_file() and self.read_inversion() is not None:
-            return self.read_inversion_rows()
+            return read_csv(self.path / "per_image.csv")
         return read_csv(self.per_image_path)
 
     def read_semantics(self) -> Optional[dict[str, Any]]:
-        return json.loads(self.semantic_path.read_text(encoding="utf-8")) if self.semantic_path.is_file() else None
+        return _read_json(self.semantic_path)
 
     def write_semantics(self, result: dict[str, Any]) -> None:
         atomic_write_text(self.semantic_path, json.dumps(result, indent=2) + "\n")
 
     def read_feature_error(self) -> Optional[dict[str, Any]]:
-        path = self.path / "feature_error.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return _read_json(self.path / "feature_error.json")
 
     def write_feature_error(self, result: dict[str, Any]) -> None:
         atomic_write_text(self.path / "feature_error.json", json.dumps(result, indent=2) + "\n")
@@ -331,14 +330,13 @@ class RunDir:
     # ── an inversion's folder ──
     def read_inversion(self) -> Optional[dict[str, Any]]:
         """The metrics.json of an optimisation-based inversion (it names its method); None otherwise."""
-        path = self.path / "metrics.json"
-        if not path.is_file():
-            return None
-        m = json.loads(path.read_text(encoding="utf-8"))
-        return m if "method" in m else None
+        m = _read_json(self.path / "metrics.json")
+        return m if m is not None and "method" in m else None
 
-    def read_inversion_rows(self) -> list[dict[str, str]]:
-        return read_csv(self.path / "per_image.csv")
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    """An optional JSON file: its content, or None when it is not there."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

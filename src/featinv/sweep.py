@@ -25,12 +25,12 @@ from . import dist, report
 from .backbones import get_spec, resolve_layers
 from .config import BackboneConfig, RunConfig, validate_config
 from .data import SkipLog, split_for_config
-from .evaluate import evaluate_loader, load_run, write_semantics
+from .evaluate import Run, evaluate_loader, load_run, write_semantics
 from .invert import METHODS as INVERSIONS
-from .invert import InvertConfig, invert_images
+from .invert import InvertConfig, invert_images, plain_extractor
 from .rundir import RunDir
 from .train import train
-from .utils import FeatinvError, atomic_write_text
+from .utils import FeatinvError, atomic_write_text, resolve_device
 
 log = logging.getLogger("featinv")
 
@@ -128,13 +128,12 @@ def method_dirs(out: Path, e: Entry, methods: Sequence[str]) -> list[Path]:
     return [out / "runs" / (e.name if m == "decoder" else f"{e.name}-{m}") for m in wanted]
 
 
-def decoder_feature_error(run_dir: Path, base: RunConfig, records: Sequence[Any]) -> None:
+def decoder_feature_error(run: Run, base: RunConfig, records: Sequence[Any]) -> None:
     """The decoder's feature error and seconds per image on the sweep's held-out images
     (``feature_error.json``), beside the inversions' (skipped when already there)."""
-    rd = RunDir(run_dir)
+    rd = RunDir(run.path)
     if rd.read_feature_error() is not None:
         return
-    run = load_run(run_dir, device=base.train.device)
     t = time.perf_counter()
     ev = evaluate_loader(run.extractor, run.decoder, run.loader(records, base.train.batch_size, 0), records,
                          run.device, feature_errors=True, precision=run.precision)
@@ -142,23 +141,18 @@ def decoder_feature_error(run_dir: Path, base: RunConfig, records: Sequence[Any]
                             "seconds_per_image": (time.perf_counter() - t) / max(1, len(ev.per_image))})
 
 
-def run_inversion(method: str, e: Entry, base: RunConfig, out_dir: Path, decoder_dir: Path,
+def run_inversion(method: str, e: Entry, base: RunConfig, out_dir: Path, run: Optional[Run],
                   records: Sequence[Any], cfg: InvertConfig) -> None:
-    """`featinv invert` for one configuration; resumes after the images already done."""
-    from .backbones import FeatureExtractor
-    from .utils import resolve_device
-
+    """`featinv invert` for one configuration, through ``run``'s backbone (and, for refine, from
+    its decoder) when the sweep trained one; resumes after the images already done."""
     d, t = base.data, base.train
-    trained = RunDir(decoder_dir).completed()
-    if trained:
-        run = load_run(decoder_dir, device=t.device)
+    if run is not None:
         extractor, decoder, title, device = run.extractor, run.decoder, run.describe(), run.device
-        reference = RunDir(decoder_dir).read_summary().get("reference")
+        reference = RunDir(run.path).read_summary().get("reference")
     else:  # optimize without a trained decoder: no reference lines to borrow
         device = resolve_device(t.device)
-        extractor = FeatureExtractor(e.backbone, e.weights, list(e.layers), seed=t.seed).to(device).eval()
+        extractor, title = plain_extractor(e.backbone, e.weights, e.layers, t.seed, device)
         decoder, reference = None, None
-        title = f"{e.backbone} ({extractor.weights_info['weights']} weights), layers {'+'.join(e.layers)}"
     invert_images(extractor, records, out_dir, method, cfg, decoder if method == "refine" else None, d.image_size,
                   d.resize, t.batch_size, t.num_save, device, title, extra={"reference": reference})
 
@@ -166,18 +160,19 @@ def run_inversion(method: str, e: Entry, base: RunConfig, out_dir: Path, decoder
 def run_inversions(out: Path, entries: Sequence[Entry], base: RunConfig, methods: Sequence[str],
                    cfg: InvertConfig) -> None:
     """Each configuration's optimize/refine folder, on the decoders' held-out images, and the
-    decoders' own feature error beside them."""
+    decoders' own feature error beside them (each decoder run loaded once)."""
     inversions = [m for m in methods if m in INVERSIONS]
     if not inversions:
         return
     _, val = split_for_config(base.data, SkipLog())
     for e in entries:
         decoder_dir = out / "runs" / e.name
-        if RunDir(decoder_dir).completed():
-            decoder_feature_error(decoder_dir, base, val)
+        run = load_run(decoder_dir, device=base.train.device) if RunDir(decoder_dir).completed() else None
+        if run is not None:
+            decoder_feature_error(run, base, val)
         for m in inversions:
             log.info("── %s: %s", e.name, m)
-            run_inversion(m, e, base, out / "runs" / f"{e.name}-{m}", decoder_dir, val, cfg)
+            run_inversion(m, e, base, out / "runs" / f"{e.name}-{m}", run, val, cfg)
 
 
 def entry_config(base: RunConfig, e: Entry) -> RunConfig:
