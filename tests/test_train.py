@@ -201,3 +201,37 @@ def test_batch_norm_statistics_are_those_of_the_training_photos(tmp_path, sample
     exact = torch.cat(inputs).mean(dim=(0, 2, 3))
     close = torch.allclose(bn.running_mean, exact, rtol=1e-4, atol=1e-5)
     assert close == precise, (bn.running_mean - exact).abs().max()
+
+
+@pytest.mark.parametrize("images", [2, 0])
+def test_each_validation_is_scored_with_statistics_of_training_photos(tmp_path, samples, images):
+    """Before each validation but the last, the decoder's batch norms hold the exact mean of their
+    input over ``val_bn_images`` evenly spaced training photos (center crops), computed with the
+    weights being scored; with 0 they hold training's running averages."""
+    from featinv.data import ImageDataset, make_loader, to_float
+    from featinv.train import Trainer, precise_bn_records
+
+    seen = []
+
+    class Probe(Trainer):
+        def validate(self, final):
+            if not final:
+                dec = self.state.scored
+                bn = next(m for m in dec.modules() if isinstance(m, torch.nn.BatchNorm2d))
+                held, inputs = bn.running_mean.clone(), []
+                hook = bn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
+                recs = precise_bn_records(self.train_recs, 2)
+                d = self.cfg.data
+                with torch.no_grad():
+                    for batch in make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), 3,
+                                             shuffle=False, num_workers=0):
+                        dec(self.extractor(to_float(batch["image"], self.device)))
+                hook.remove()
+                exact = torch.cat(inputs).mean(dim=(0, 2, 3))
+                seen.append(torch.allclose(held, exact, rtol=1e-4, atol=1e-5))
+            return super().validate(final)
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=3)
+    cfg.train.val_bn_images = images
+    Probe(cfg, tmp_path / "run").fit()
+    assert seen == [images > 0] * 2

@@ -5,10 +5,13 @@
 # tarball of the small result files land in $OUT after every part, so a cut-off call keeps what ran.
 #   1. bench/invert.py: decoder / refine / optimize per stage, 20 val photos, 500 steps, s/image
 #   2. a plain `featinv train` on the imagenet-sample JPEG folder (the default recipe): wall time, score
+#   noise: bench/validation_noise.py all, 20 epochs at a constant rate: val PSNR per epoch with the
+#      running averages and with recomputed statistics, and where each stopping rule fires
 #   3. bench/quality.py stride4: the default decoder, then a wider one (width 128, 4 blocks), to convergence
 #   4. bench/quality.py all: the same wider decoder with all four stages
 #   exit: how long a finished `featinv train` takes to exit (data-loader workers; pytorch/pytorch#81794)
-# PARTS="invert exit" runs only those parts (default: all but exit).
+# PARTS="invert exit" runs only those parts (default: train, prepare, noise and the quality parts;
+# invert ran on an H100, its log is in bench/results/).
 # SMOKE=1 DEVICE=cpu PYTHON=.venv/bin/python bash bench/gpu/run.sh  tries every part in seconds on a CPU.
 set -u
 START=$(date +%s)
@@ -20,10 +23,11 @@ DEV=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   INV="--images 2 --steps 3 --batch-size 2"; TRAIN="--max-images 24 --epochs 1 --batch-size 8 --workers 0"
-  Q1="--max-images 24 --epochs 1"; Q2=$Q1; Q3=$Q1
-else INV="--images 20 --steps 500 --batch-size 20"; TRAIN=""; Q1="--minutes 2"; Q2="--minutes 2.5"; Q3="--minutes 2.5"; fi
+  Q1="--max-images 24 --epochs 1"; Q2=$Q1; Q3=$Q1; NOISE="--max-images 24 --epochs 3 --images 8"
+else INV="--images 20 --steps 500 --batch-size 20"; TRAIN=""; Q1="--minutes 2"; Q2="--minutes 2.5"; Q3="--minutes 2.5"
+  NOISE="--epochs 20"; fi
 
-PARTS=${PARTS:-invert train prepare quality-stride4 quality-wide-stride4 quality-wide-all}
+PARTS=${PARTS:-train prepare noise quality-stride4 quality-wide-stride4 quality-wide-all}
 left() { echo $(( START + BUDGET - $(date +%s) )); }
 part() {  # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log to $O/NAME.log, then pack
   local name=$1 limit=$2; shift 2
@@ -47,6 +51,8 @@ part invert 120 $PY bench/invert.py $INV --device "$DEV" --data "$D" --out "$W/i
 part train 150 $PY -m featinv train --data "$D" --split-file "$D/split.csv" --backbone efficientnet_lite0 \
     --weights imagenet --device "$DEV" $TRAIN --out "$W/train-default"
 part prepare 40 $PY -m featinv prepare --data "$D" --out "$W/cache" --size 256
+part noise 150 $PY bench/validation_noise.py --data "$W/cache" --split-file "$D/split.csv" --configs all $NOISE \
+    --device "$DEV" --out "$W/noise"
 # quality.py's --minutes caps each configuration's training passes, so it ends before the part's limit
 Q="$PY bench/quality.py --data $W/cache --split-file $D/split.csv --test-data none --device $DEV"
 WIDE="--set decoder.width=128 decoder.blocks=4"

@@ -113,7 +113,7 @@ class TrainConfig:
                             "rising, then a short decay and stop: the convergence rule), cosine (over --epochs or "
                             "--minutes) or constant", choices=SCHEDULES)
     warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
-    plateau_epochs: int = setting(4, "plateau: compare the best val PSNR of the last N epochs with the best before")
+    plateau_epochs: int = setting(4, "plateau: compare the mean val PSNR of the last N epochs with that of the N before")
     plateau_db: float = setting(0.1, "plateau: a gain below this many dB is a plateau (see featinv.schedule.plateaued)")
     decay_epochs: int = setting(3, "plateau: epochs of the final decay")
     seed: int = setting(0, "seed for data order, crops and initial weights")
@@ -132,6 +132,9 @@ class TrainConfig:
     precise_bn: bool = setting(True, "after the last epoch, recompute the decoder's batch-norm statistics as exact "
                                "averages over (at most 4096) training photos' center crops, with the final weights",
                                flag="--no-precise-bn")
+    val_bn_images: int = setting(128, "before each validation, recompute the decoder's batch-norm statistics over this "
+                                 "many training photos' center crops (0: score with the running averages), so the val "
+                                 "PSNR the stopping rule reads measures the weights, not the last few batches")
     cache_features: bool = setting(False, "with --no-augment: store the frozen backbone's outputs (float16, in "
                                    "RUN/feature_cache) during epoch 1 and train later epochs from them")
 
@@ -246,6 +249,7 @@ RULES = [
     ("train", "patience", lambda v: v >= 0, ">= 0"),
     ("train", "num_save", lambda v: v >= 0, ">= 0"),
     ("train", "checkpoint_every", lambda v: v >= 0, ">= 0"),
+    ("train", "val_bn_images", lambda v: v >= 0, ">= 0"),
     ("data", "crop_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("data", "color_jitter", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data", "val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),

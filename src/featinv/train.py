@@ -581,13 +581,12 @@ class Trainer:
             return self.signals.signal
         return SIGNAL_NAMES.get(int(dist.max_over_ranks([SIGNAL_CODES.get(self.signals.signal or "", 0)])[0]))
 
-    def recalibrate_norms(self) -> None:
-        """Precise BN (:func:`recalibrate_norms`) for the scored decoder at the end of training,
-        each rank on its share, the statistics then averaged over ranks."""
+    def recalibrate_norms(self, images: int = 0) -> None:
+        """Precise BN (:func:`recalibrate_norms`) for the scored decoder over (at most) ``images``
+        training photos (0: ``PRECISE_BN_IMAGES``), each rank on its share, the statistics then
+        averaged over ranks."""
         t, d = self.cfg.train, self.cfg.data
-        if not t.precise_bn:
-            return
-        recs = precise_bn_records(self.train_recs)
+        recs = precise_bn_records(self.train_recs, images or PRECISE_BN_IMAGES)
         loader = make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
                              num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
                              rank=self.world.rank, world=self.world.size)
@@ -746,8 +745,12 @@ class Trainer:
             # images/s of that row counts the same images over the same span.
             train_time = s.clock.end_training_pass()
             final = epoch == t.epochs - 1 or out_of_time or self.decay_done(epoch + 1)
-            if final:
+            if final and t.precise_bn:
                 self.recalibrate_norms()
+            elif not final and t.val_bn_images:
+                # The running averages follow the last few batches: scored with them, val PSNR
+                # jumps by tenths of a dB from epoch to epoch, and the stopping rule reads noise.
+                self.recalibrate_norms(t.val_bn_images)
             ev = self.validate(final)
             self.end_epoch(epoch, ev, train_time, final, train_parts, n)
             reason = self.should_stop(epoch, out_of_time)
