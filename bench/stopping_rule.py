@@ -12,7 +12,6 @@ Finished runs are reused.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -20,21 +19,13 @@ from pathlib import Path
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import CONFIGS, layers_for, paired_bootstrap, per_image_psnr, run_config, train_or_reuse  # noqa: E402
-from validation_noise import best_of_windows  # noqa: E402
+from quality import layers_for, paired_bootstrap, per_image_psnr, run_config, train_or_reuse  # noqa: E402
+from validation_noise import best_of_windows, run_args  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="bench-out/cache-imagenet-sample")
-    p.add_argument("--split-file", default="../shared/data/imagenet-sample/split.csv")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--weights", default="imagenet")
-    p.add_argument("--configs", nargs="+", default=["stride16"], choices=CONFIGS)
-    p.add_argument("--epochs", type=int, default=40, help="cap on epochs (the recipe's default)")
+    p = run_args(__doc__.split("\n\n")[0], ["stride16"], 40, "bench-out/stopping-rule")
     p.add_argument("--minutes", type=float, default=None, help="cap on training minutes (default: none)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="bench-out/stopping-rule")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.max_images, args.extra_data, args.set = None, [], None

@@ -78,20 +78,26 @@ class TwoScores(Trainer):
         return ev
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_args(description: str, configs: list[str], epochs: int, out: str) -> argparse.ArgumentParser:
+    """The arguments the two rule benches share: configurations of bench/quality.py on prepared photos."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", default="bench-out/cache-imagenet-sample")
     p.add_argument("--split-file", default="../shared/data/imagenet-sample/split.csv")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--weights", default="imagenet")
-    p.add_argument("--configs", nargs="+", default=["all"], choices=CONFIGS)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--configs", nargs="+", default=configs, choices=CONFIGS)
+    p.add_argument("--epochs", type=int, default=epochs, help="cap on epochs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=out)
+    return p
+
+
+def main() -> int:
+    p = run_args(__doc__.split("\n\n")[0], ["all"], 12, "bench-out/validation-noise")
     p.add_argument("--images", type=int, default=128, help="training photos the statistics are recomputed over")
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--min-gain", type=float, default=0.1)
     p.add_argument("--max-images", type=int, default=None, help="cap on training images (quick looks)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="bench-out/validation-noise")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.minutes, args.extra_data, args.set = None, [], None
