@@ -28,7 +28,7 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=None, help="cap on training minutes (default: none)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.max_images, args.extra_data, args.set = None, [], None
+    args.extra_data, args.set = [], None
     for name in args.configs:
         rows = {}
         for variant in ("before", "now"):

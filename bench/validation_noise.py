@@ -87,6 +87,7 @@ def run_args(description: str, configs: list[str], epochs: int, out: str) -> arg
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--configs", nargs="+", default=configs, choices=CONFIGS)
     p.add_argument("--epochs", type=int, default=epochs, help="cap on epochs")
+    p.add_argument("--max-images", type=int, default=None, help="cap on training images (quick looks)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=out)
     return p
@@ -97,7 +98,6 @@ def main() -> int:
     p.add_argument("--images", type=int, default=128, help="training photos the statistics are recomputed over")
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--min-gain", type=float, default=0.1)
-    p.add_argument("--max-images", type=int, default=None, help="cap on training images (quick looks)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.minutes, args.extra_data, args.set = None, [], None

@@ -7,6 +7,7 @@
 #   2. a plain `featinv train` on the imagenet-sample JPEG folder (the default recipe): wall time, score
 #   noise: bench/validation_noise.py all, 20 epochs at a constant rate: val PSNR per epoch with the
 #      running averages and with recomputed statistics, and where each stopping rule fires
+#   rule: bench/stopping_rule.py all: the default recipe trained with the stopping rule before and now, paired
 #   3. bench/quality.py stride4: the default decoder, then a wider one (width 128, 4 blocks), to convergence
 #   4. bench/quality.py all: the same wider decoder with all four stages
 #   exit: how long a finished `featinv train` takes to exit (data-loader workers; pytorch/pytorch#81794)
@@ -23,11 +24,11 @@ DEV=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   INV="--images 2 --steps 3 --batch-size 2"; TRAIN="--max-images 24 --epochs 1 --batch-size 8 --workers 0"
-  Q1="--max-images 24 --epochs 1"; Q2=$Q1; Q3=$Q1; NOISE="--max-images 24 --epochs 3 --images 8"
+  Q1="--max-images 24 --epochs 1"; Q2=$Q1; Q3=$Q1; NOISE="--max-images 24 --epochs 3 --images 8"; RULE="--max-images 24 --epochs 2"
 else INV="--images 20 --steps 500 --batch-size 20"; TRAIN=""; Q1="--minutes 2"; Q2="--minutes 2.5"; Q3="--minutes 2.5"
-  NOISE="--epochs 20"; fi
+  NOISE="--epochs 20"; RULE=""; fi
 
-PARTS=${PARTS:-train prepare noise quality-stride4 quality-wide-stride4 quality-wide-all}
+PARTS=${PARTS:-train prepare noise rule quality-stride4 quality-wide-stride4 quality-wide-all}
 left() { echo $(( START + BUDGET - $(date +%s) )); }
 part() {  # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log to $O/NAME.log, then pack
   local name=$1 limit=$2; shift 2
@@ -53,6 +54,8 @@ part train 150 $PY -m featinv train --data "$D" --split-file "$D/split.csv" --ba
 part prepare 40 $PY -m featinv prepare --data "$D" --out "$W/cache" --size 256
 part noise 150 $PY bench/validation_noise.py --data "$W/cache" --split-file "$D/split.csv" --configs all $NOISE \
     --device "$DEV" --out "$W/noise"
+part rule 240 $PY bench/stopping_rule.py --data "$W/cache" --split-file "$D/split.csv" --configs all $RULE \
+    --device "$DEV" --out "$W/rule"
 # quality.py's --minutes caps each configuration's training passes, so it ends before the part's limit
 Q="$PY bench/quality.py --data $W/cache --split-file $D/split.csv --test-data none --device $DEV"
 WIDE="--set decoder.width=128 decoder.blocks=4"
