@@ -587,6 +587,9 @@ class Trainer:
         averaged over ranks."""
         t, d = self.cfg.train, self.cfg.data
         recs = precise_bn_records(self.train_recs, images or PRECISE_BN_IMAGES)
+        # Equal shards: on GPUs the batch norms are synchronised (SyncBatchNorm), so every rank
+        # must run as many batches, or the one with an extra batch waits forever.
+        recs = recs[: max(self.world.size, len(recs) - len(recs) % self.world.size)]
         loader = make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
                              num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
                              rank=self.world.rank, world=self.world.size)
