@@ -57,7 +57,7 @@ def test_spec_rebuilds_the_same_decoder():
         assert torch.equal(dec.eval()(f), again.eval()(f))
 
 
-@pytest.mark.parametrize("upsample", ["convtranspose", "pixelshuffle", "resize"])
+@pytest.mark.parametrize("upsample", ["convtranspose", "pixelshuffle", "resize", "lowres"])
 @pytest.mark.parametrize("fusion", ["add", "concat"])
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_pyramid_knobs_give_224_rgb_and_rebuild_from_spec(upsample, fusion, norm):
@@ -72,7 +72,8 @@ def test_pyramid_knobs_give_224_rgb_and_rebuild_from_spec(upsample, fusion, norm
     again.load_state_dict(dec.state_dict())
     with torch.no_grad():
         assert torch.equal(again.eval()(f), y)
-    kinds = {"convtranspose": torch.nn.ConvTranspose2d, "pixelshuffle": torch.nn.PixelShuffle, "resize": torch.nn.Upsample}
+    kinds = {"convtranspose": torch.nn.ConvTranspose2d, "pixelshuffle": torch.nn.PixelShuffle, "resize": torch.nn.Upsample,
+             "lowres": torch.nn.Upsample}
     assert sum(isinstance(m, kinds[upsample]) for m in dec.up.modules()) == 2  # 56 → 112 → 224
     assert len(dec.blocks) == 1
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in dec.refine.modules()) == (norm == "batch")
@@ -206,11 +207,12 @@ def _checkerboard_scores(name, shapes, **options):
 CHECKERBOARD_LIMIT = 15.0
 
 
+@pytest.mark.parametrize("upsample", ["default", "resize", "lowres"])
 @pytest.mark.parametrize("taps", [["stage1"], list(LITE0)], ids=["stage1", "all"])
-def test_default_decoder_leaves_no_checkerboard(taps):
+def test_default_decoder_leaves_no_checkerboard(taps, upsample):
     from featinv.config import DecoderConfig
 
-    dc = DecoderConfig()
+    dc = DecoderConfig() if upsample == "default" else DecoderConfig(upsample=upsample)
     at_init, trained = _checkerboard_scores(dc.name, {k: LITE0[k] for k in taps}, **dc.options())
     assert at_init < CHECKERBOARD_LIMIT and trained < CHECKERBOARD_LIMIT, (at_init, trained)
 
@@ -235,10 +237,25 @@ def test_raw_graph_node_names_with_dots_work(name):
     assert y.shape == (1, 3, 224, 224)
 
 
+def test_lowres_up_sampling_convolves_before_it_resizes():
+    """``lowres`` runs each ×2 stage's conv at the stage's input resolution (a quarter of the
+    multiply-adds of ``resize``, whose conv runs at the output resolution), with the same
+    parameters; both give the image size."""
+    seen = {}
+    decs = {kind: build_decoder("ladder", {"stage1": LITE0["stage1"]}, 224, width=16, upsample=kind).eval()
+            for kind in ("resize", "lowres")}
+    for kind, dec in decs.items():
+        dec.up[0].conv.register_forward_hook(lambda m, i, o, kind=kind: seen.__setitem__(kind, tuple(i[0].shape[-2:])))
+        with torch.no_grad():
+            assert dec({"stage1": torch.randn(1, *LITE0["stage1"])}).shape == (1, 3, 224, 224)
+    assert seen == {"resize": (112, 112), "lowres": (56, 56)}
+    assert count_parameters(decs["resize"]) == count_parameters(decs["lowres"])
+
+
 def test_ladder_refuses_convtranspose_in_one_sentence():
     from featinv.utils import FeatinvError
 
-    with pytest.raises(FeatinvError, match="upsample must be one of resize, pixelshuffle"):
+    with pytest.raises(FeatinvError, match="upsample must be one of resize, lowres, pixelshuffle"):
         build_decoder("ladder", LITE0, 224, upsample="convtranspose")
 
 

@@ -8,7 +8,8 @@
 #   noise: bench/validation_noise.py all, 20 epochs at a constant rate: val PSNR per epoch with the
 #      running averages and with recomputed statistics, and where each stopping rule fires
 #   rule: bench/stopping_rule.py all: the default recipe trained with the stopping rule before and now, paired
-#   3. bench/quality.py stride4: the default decoder, then a wider one (width 128, 4 blocks), to convergence
+#   3. bench/quality.py stride4: the default decoder, the same with --upsample lowres (is it worse at
+#      convergence, not only per epoch?), then a wider one (width 128, 4 blocks), to convergence
 #   4. bench/quality.py all: the same wider decoder with all four stages
 #   exit: how long a finished `featinv train` takes to exit (data-loader workers; pytorch/pytorch#81794)
 # PARTS="invert exit" runs only those parts (default: train, prepare, noise and the quality parts;
@@ -28,7 +29,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else INV="--images 20 --steps 500 --batch-size 20"; TRAIN=""; Q1="--minutes 2"; Q2="--minutes 2.5"; Q3="--minutes 2.5"
   NOISE="--epochs 20"; RULE=""; fi
 
-PARTS=${PARTS:-train prepare noise rule quality-stride4 quality-wide-stride4 quality-wide-all}
+PARTS=${PARTS:-train prepare noise rule quality-stride4 quality-lowres-stride4 quality-wide-stride4 quality-wide-all}
 left() { echo $(( START + BUDGET - $(date +%s) )); }
 part() {  # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log to $O/NAME.log, then pack
   local name=$1 limit=$2; shift 2
@@ -60,6 +61,7 @@ part rule 240 $PY bench/stopping_rule.py --data "$W/cache" --split-file "$D/spli
 Q="$PY bench/quality.py --data $W/cache --split-file $D/split.csv --test-data none --device $DEV"
 WIDE="--set decoder.width=128 decoder.blocks=4"
 part quality-stride4 170 $Q $Q1 --configs stride4 --out "$W/quality-default"
+part quality-lowres-stride4 170 $Q $Q1 --configs stride4 --set decoder.upsample=lowres --out "$W/quality-lowres"
 part quality-wide-stride4 200 $Q $Q2 --configs stride4 $WIDE --out "$W/quality-wide"
 part quality-wide-all 200 $Q $Q3 --configs all $WIDE --out "$W/quality-wide"
 # every output line stamped; the last stamp is when the process and its workers let go of stdout

@@ -89,6 +89,8 @@ def _upsample(kind: str, a: int, b: int, norm: str) -> nn.Sequential:
         layers = [nn.Conv2d(a, 4 * b, 3, padding=1, bias=norm == "none"), nn.PixelShuffle(2)]
     elif kind == "convtranspose":
         layers = [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1, bias=norm == "none")]
+    elif kind == "lowres":
+        layers = [nn.Conv2d(a, b, 3, padding=1, bias=norm == "none"), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
     else:
         layers = [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(a, b, 3, padding=1, bias=norm == "none")]
     return nn.Sequential(*layers, _norm(norm, b), nn.ReLU(inplace=True))
@@ -184,8 +186,12 @@ def _icnr_(conv: nn.Conv2d, scale: int = 2) -> None:
 class UpStage(nn.Module):
     """One ×2 up-sampling from ``a`` to ``b`` channels without a checkerboard.
 
-    ``resize``: bilinear ×2 then a 3×3 conv (Odena et al. 2016). ``pixelshuffle``: a 3×3 conv at
-    the low resolution to 4·b channels, then PixelShuffle, ICNR-initialised. Then norm and ReLU.
+    ``resize``: bilinear ×2 then a 3×3 conv (Odena et al. 2016). ``lowres``: the 3×3 conv at the
+    low resolution, then bilinear ×2: a quarter of the multiply-adds and of the memory traffic at
+    the new resolution, where the thin full-resolution maps cost most of a decoder's time on a CPU;
+    like ``resize`` it has the same weights at every output pixel, so a flat map stays flat.
+    ``pixelshuffle``: a 3×3 conv at the low resolution to 4·b channels, then PixelShuffle,
+    ICNR-initialised. Then norm and ReLU.
     """
 
     def __init__(self, a: int, b: int, kind: str = "resize", norm: str = "batch") -> None:
@@ -206,12 +212,14 @@ class UpStage(nn.Module):
             x = F.pixel_shuffle(self.conv(x), 2)
             if tuple(x.shape[-2:]) != tuple(size):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        elif self.kind == "lowres":
+            x = F.interpolate(self.conv(x), size=size, mode="bilinear", align_corners=False)
         else:
             x = self.conv(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
         return self.post(x)
 
 
-LADDER_UPSAMPLERS = ("resize", "pixelshuffle")
+LADDER_UPSAMPLERS = ("resize", "lowres", "pixelshuffle")
 
 
 class LadderDecoder(nn.Module):
