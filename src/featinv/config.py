@@ -72,7 +72,7 @@ class DecoderConfig:
     max_width: int = setting(128, "ladder: cap on a path's channels (the coarse taps')")
     blocks: int = setting(2, "residual blocks; ladder: at each tap's scale, pyramid: at the finest")
     upsample: str = setting("resize", "x2 up-sampling: resize (bilinear, then a conv at the new resolution), lowres "
-                            "(a conv at the low resolution, then bilinear: about 4x cheaper), pixelshuffle (ICNR), "
+                            "(the conv at the low resolution, then bilinear: a quarter of its multiply-adds), pixelshuffle (ICNR), "
                             "convtranspose (pyramid only; leaves a checkerboard)", choices=UPSAMPLERS)
     fusion: str = setting("add", "pyramid: how coarser maps join finer ones (concat: then a 1x1 conv)", choices=FUSIONS)
     norm: str = setting("batch", "normalization after the decoder's convolutions", choices=NORMS)

@@ -187,8 +187,8 @@ class UpStage(nn.Module):
     """One ×2 up-sampling from ``a`` to ``b`` channels without a checkerboard.
 
     ``resize``: bilinear ×2 then a 3×3 conv (Odena et al. 2016). ``lowres``: the 3×3 conv at the
-    low resolution, then bilinear ×2: a quarter of the multiply-adds and of the memory traffic at
-    the new resolution, where the thin full-resolution maps cost most of a decoder's time on a CPU;
+    low resolution, then bilinear ×2: a quarter of the conv's multiply-adds and less memory traffic
+    at the new resolution, where the thin full-resolution maps cost most of a decoder's time on a CPU;
     like ``resize`` it has the same weights at every output pixel, so a flat map stays flat.
     ``pixelshuffle``: a 3×3 conv at the low resolution to 4·b channels, then PixelShuffle,
     ICNR-initialised. Then norm and ReLU.
