@@ -169,9 +169,9 @@ def test_efficientnet_lite0_imagenet_loads_offline_with_its_stage_shapes():
     assert float(fe.mean[0, 0]) == 0.5 and float(fe.std[0, 0]) == 0.5
 
 
-def test_efficientnet_lite0_classifies_imagenet_sample():
-    """Real pretrained weights, offline: top-1 0.882 / top-5 0.974 were measured on these 1000
-    photos (one per class); a broken load or normalization gives near-chance accuracy."""
+def _lite0_accuracy(every: int) -> tuple[float, float, int]:
+    """Top-1 and top-5 accuracy of efficientnet_lite0 (real weights) on every ``every``-th photo of
+    ../shared/data/imagenet-sample (one photo per class, in labels.csv's order)."""
     import csv
 
     from conftest import SHARED_SAMPLE
@@ -180,7 +180,7 @@ def test_efficientnet_lite0_classifies_imagenet_sample():
 
     if not (SHARED_SAMPLE / "labels.csv").is_file():
         pytest.skip("../shared/data/imagenet-sample is not present")
-    rows = list(csv.DictReader(open(SHARED_SAMPLE / "labels.csv")))
+    rows = list(csv.DictReader(open(SHARED_SAMPLE / "labels.csv")))[::every]
     recs = [ImageRecord(SHARED_SAMPLE / r["file"], r["file"], int(r["class_index"])) for r in rows]
     clf = Classifier("efficientnet_lite0", "imagenet")
     top1 = top5 = 0
@@ -189,5 +189,21 @@ def test_efficientnet_lite0_classifies_imagenet_sample():
             k5 = clf(b["image"].float() / 255).topk(5, dim=1).indices
             top1 += int((k5[:, 0] == b["label"]).sum())
             top5 += int((k5 == b["label"][:, None]).any(1).sum())
-    assert len(recs) == 1000
-    assert top1 / 1000 >= 0.85 and top5 / 1000 >= 0.95
+    return top1 / len(recs), top5 / len(recs), len(recs)
+
+
+def test_efficientnet_lite0_classifies_imagenet_sample():
+    """Real pretrained weights, offline, on 200 of the sample's photos (every 5th, 200 classes):
+    top-1 0.890 / top-5 0.985 measured; a broken load or normalization gives near-chance accuracy.
+    All 1000: the slow test below (`pytest -m slow`)."""
+    top1, top5, n = _lite0_accuracy(every=5)
+    assert n == 200
+    assert top1 >= 0.80 and top5 >= 0.93
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_classifies_all_1000_photos():
+    """The README's number: top-1 0.882 / top-5 0.974 on all 1000 photos (one per class)."""
+    top1, top5, n = _lite0_accuracy(every=1)
+    assert n == 1000
+    assert top1 >= 0.85 and top5 >= 0.95

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import read_rows
+from featinv.cli import main
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is needed")
@@ -49,8 +50,7 @@ def test_two_processes_end_as_one_with_the_same_global_batch(samples, tmp_path):
     computation up to the order of the gradient sum, so the weights agree to float32 rounding
     (tolerance 1e-5 absolute; measured ~2e-7 on weights of magnitude ~0.1)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    r1 = _run([sys.executable, "-m", "featinv", *_train_args(samples, one, batch=4)])
-    assert r1.returncode == 0, r1.stderr
+    assert main(["-q", *_train_args(samples, one, batch=4)]) == 0  # the single process: this one
     r2 = _run(_torchrun(2, "-m", "featinv", *_train_args(samples, two, batch=2)))
     assert r2.returncode == 0, r2.stderr
     a, b = load_file(str(one / "decoder.safetensors")), load_file(str(two / "decoder.safetensors"))
@@ -77,7 +77,7 @@ def read_rows_csv(path: Path) -> list[dict]:
 def test_the_feature_cache_is_shared_by_the_ranks(samples, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     extra = ("--no-augment", "--cache-features")
-    assert _run([sys.executable, "-m", "featinv", *_train_args(samples, one, 4, 3, *extra)]).returncode == 0
+    assert main(["-q", *_train_args(samples, one, 4, 3, *extra)]) == 0
     r2 = _run(_torchrun(2, "-m", "featinv", *_train_args(samples, two, 2, 3, *extra)))
     assert r2.returncode == 0, r2.stderr
     ckpt = torch.load(two / "checkpoints" / "last.pt", weights_only=True)

@@ -68,6 +68,7 @@ class DtypeSpy(Trainer):
 def test_training_steps_run_in_the_chosen_precision(samples, tmp_path, precision, dtype):
     cfg = tiny_config(samples / "train", samples / "val", epochs=1)
     cfg.data.max_images = 3
+    cfg.data.image_size = 64  # bf16 is emulated, and slow, on a CPU without native bf16
     cfg.train.precision = precision
     trainer = DtypeSpy(cfg, tmp_path / "run")
     trainer.dtypes = []
