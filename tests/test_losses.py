@@ -135,3 +135,11 @@ def test_training_logs_each_loss_part(tmp_path, samples):
         assert float(rows[0][f"train_{part}"]) > 0
     total = 1.0 * float(rows[0]["train_mse"]) + 0.5 * float(rows[0]["train_ssim"]) + 0.1 * float(rows[0]["train_perceptual"])
     assert abs(total - summary["train_loss"]) < 1e-4 * max(1.0, total)
+
+
+def test_the_config_lists_every_term_the_loss_computes():
+    from featinv import losses
+    from featinv.config import LOSS_TERMS, LossConfig
+
+    assert LOSS_TERMS == (*losses.PIXEL_TERMS, "perceptual")
+    assert all(isinstance(getattr(LossConfig(), t), float) for t in LOSS_TERMS)  # each has its weight

@@ -240,7 +240,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         Path(f).write_bytes(b"half a checkpo")
         raise RuntimeError("killed while writing")
 
-    monkeypatch.setattr(utils_module.torch, "save", crash_mid_write)
+    monkeypatch.setattr(torch, "save", crash_mid_write)
     with pytest.raises(RuntimeError):
         atomic_torch_save({"epoch": 2}, target)
     monkeypatch.undo()

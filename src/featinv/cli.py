@@ -30,7 +30,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: frozenset = frozenset()) 
     p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", dest="set_items",
                    help="any config.yaml key, e.g. --set data.image_size=160 train.channels_last=false "
                    "(applied before the flags above)")
-    from .losses import TERMS
+    from .config import LOSS_TERMS as TERMS
 
     terms = " ".join(f"{k}={v:g}" for k, v in vars(SECTIONS["loss"]()).items() if k in TERMS and v > 0)
     p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
@@ -117,8 +117,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    help="BACKBONE:WEIGHTS pairs, e.g. efficientnet_lite0:imagenet resnet50:random "
                    "(instead of --backbone with --weights)")
     p.add_argument("--no-semantic", action="store_true", help="skip the classifier agreement on reconstructions")
-    from .invert import InvertConfig
-    from .sweep import METHODS
+    from .config import SWEEP_METHODS as METHODS, InvertConfig
 
     p.add_argument("--methods", nargs="+", default=["decoder"], metavar="METHOD",
                    help=f"how to invert, each a row of the study: {', '.join(METHODS)} (default decoder; "
@@ -129,7 +128,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _invert_parser(sub: argparse._SubParsersAction) -> None:
-    from .invert import METHODS, InvertConfig
+    from .config import INVERSIONS as METHODS, InvertConfig
 
     p = sub.add_parser(
         "invert", help="invert by optimisation: search the image whose features match (from noise, or refine a decoder's)",
@@ -157,7 +156,7 @@ def _invert_parser(sub: argparse._SubParsersAction) -> None:
 def _invert_config(args: argparse.Namespace) -> "InvertConfig":
     import dataclasses
 
-    from .invert import InvertConfig
+    from .config import InvertConfig
 
     return InvertConfig(**{f.name: v for f in dataclasses.fields(InvertConfig)
                            if (v := getattr(args, f"invert.{f.name}", None)) is not None})
@@ -176,7 +175,7 @@ def cmd_invert(args: argparse.Namespace) -> None:
 
 def _set_loss_weights(cfg, items: Sequence[str]) -> None:
     """``--loss mse=1 ssim=0.5``: the named terms get these weights, the others 0."""
-    from .losses import TERMS
+    from .config import LOSS_TERMS as TERMS
 
     weights = dict.fromkeys(TERMS, 0.0)
     for item in items:

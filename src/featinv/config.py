@@ -22,6 +22,9 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 NORMS = ("batch", "none")
 UPSAMPLERS = ("resize", "lowres", "pixelshuffle", "convtranspose")
 FUSIONS = ("add", "concat")
+LOSS_TERMS = ("mse", "l1", "ssim", "ms_ssim", "perceptual")  # featinv.losses computes them
+INVERSIONS = ("optimize", "refine")  # featinv.invert's methods
+SWEEP_METHODS = ("decoder", *INVERSIONS)  # the rows a sweep can have
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: Optional[str] = "",
@@ -138,6 +141,22 @@ class TrainConfig:
                                  "PSNR the stopping rule reads measures the weights, not the last few batches")
     cache_features: bool = setting(False, "with --no-augment: store the frozen backbone's outputs (float16, in "
                                    "RUN/feature_cache) during epoch 1 and train later epochs from them")
+
+
+@dataclass
+class InvertConfig:
+    """The search's settings, each with its flag (defaults chosen on training photos: bench/invert.py)."""
+
+    steps: int = setting(500, "Adam steps per image (the step cap)")
+    lr: Optional[float] = setting(None, "Adam's step size on [0,1] pixels, cosine-decayed to 1% over the steps "
+                                  "(default: 0.02 for optimize, 0.0005 for refine, which starts close)")
+    tv_weight: float = setting(0.05, "weight of the total-variation prior")
+    tv_beta: float = setting(2.0, "β of the total-variation prior (Mahendran & Vedaldi's TV_β)")
+    alpha_weight: float = setting(0.0, "weight of the α-norm prior on the centred image")
+    alpha: float = setting(6.0, "α of the α-norm prior")
+    jitter: int = setting(0, "pixels of random translation of the image at each step (0: none)")
+    init: str = setting("mean", "optimize's start: ImageNet's mean colour, or noise", choices=("mean", "noise"))
+    seed: int = setting(0, "seed of the noise start and the jitter")
 
 
 SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "decoder": DecoderConfig, "loss": LossConfig,

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -26,7 +26,7 @@ from . import figures
 from . import metrics as M
 from .metrics import feature_distance
 from .backbones import FeatureExtractor, get_spec
-from .config import setting
+from .config import INVERSIONS, InvertConfig  # noqa: F401 - defined with the other settings
 from .data import ImageDataset, ImageRecord, SkipLog, find_images, make_loader, to_float, usable_records
 from .evaluate import agreement, load_run
 from .rundir import read_csv, write_csv
@@ -34,25 +34,9 @@ from .utils import FeatinvError, atomic_write_text, progress_enabled, resolve_de
 
 log = logging.getLogger("featinv")
 
-METHODS = ("optimize", "refine")
+METHODS = INVERSIONS
 # The step size of each method when --lr is not given (bench/invert.py --choose, training photos).
 DEFAULT_LR = {"optimize": 0.02, "refine": 0.0005}
-
-
-@dataclass
-class InvertConfig:
-    """The search's settings, each with its flag (defaults chosen on training photos: bench/invert.py)."""
-
-    steps: int = setting(500, "Adam steps per image (the step cap)")
-    lr: Optional[float] = setting(None, "Adam's step size on [0,1] pixels, cosine-decayed to 1% over the steps "
-                                  "(default: 0.02 for optimize, 0.0005 for refine, which starts close)")
-    tv_weight: float = setting(0.05, "weight of the total-variation prior")
-    tv_beta: float = setting(2.0, "β of the total-variation prior (Mahendran & Vedaldi's TV_β)")
-    alpha_weight: float = setting(0.0, "weight of the α-norm prior on the centred image")
-    alpha: float = setting(6.0, "α of the α-norm prior")
-    jitter: int = setting(0, "pixels of random translation of the image at each step (0: none)")
-    init: str = setting("mean", "optimize's start: ImageNet's mean colour, or noise", choices=("mean", "noise"))
-    seed: int = setting(0, "seed of the noise start and the jitter")
 
 
 def feature_error(extractor: FeatureExtractor, x_hat: torch.Tensor, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LossConfig
+from .config import LOSS_TERMS, LossConfig
 from .utils import FeatinvError
 
 TARGET_RANGE_MESSAGE = (
@@ -97,7 +97,7 @@ class PerceptualLoss(nn.Module):
 PIXEL_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": F.mse_loss, "l1": F.l1_loss, "ssim": ssim_loss, "ms_ssim": ms_ssim_loss,
 }
-TERMS = (*PIXEL_TERMS, "perceptual")
+TERMS = LOSS_TERMS  # listed in config, so the CLI names them without importing torch
 
 
 class ReconstructionLoss(nn.Module):

@@ -23,10 +23,9 @@ from typing import Any, Optional, Sequence, Union
 
 from . import dist, report
 from .backbones import get_spec, resolve_layers
-from .config import BackboneConfig, RunConfig, validate_config
+from .config import INVERSIONS, SWEEP_METHODS, BackboneConfig, RunConfig, validate_config
 from .data import SkipLog, split_for_config
 from .evaluate import Run, evaluate_loader, load_run, write_semantics
-from .invert import METHODS as INVERSIONS
 from .invert import InvertConfig, invert_images, plain_extractor
 from .rundir import RunDir
 from .train import train
@@ -35,7 +34,7 @@ from .utils import FeatinvError, atomic_write_text, resolve_device
 log = logging.getLogger("featinv")
 
 DEFAULT_LAYER_SETS = ("stage1", "stage2", "stage3", "stage4", "all")
-METHODS = ("decoder",) + INVERSIONS
+METHODS = SWEEP_METHODS
 
 
 @dataclass(frozen=True)

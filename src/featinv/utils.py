@@ -10,12 +10,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 from ._version import __version__
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it, so that the CLI builds its parser (and
+# answers --help or a mistyped flag) without importing torch.
 log = logging.getLogger("featinv")
 
 
@@ -86,6 +89,8 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
 
 def atomic_torch_save(obj: object, path: Union[str, Path]) -> None:
     """``torch.save`` atomically, so a crash mid-write keeps the previous checkpoint."""
+    import torch
+
     _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -100,6 +105,8 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → the first CUDA GPU if there is one, else the CPU. Under torchrun (``LOCAL_RANK``
     set), ``auto`` and ``cuda`` mean this process's own GPU, ``cuda:LOCAL_RANK``."""
+    import torch
+
     local = os.environ.get("LOCAL_RANK")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,6 +160,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls in hardware, not emulated."""
+    import torch
+
     check = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(f() for f in check if f is not None)
 
@@ -161,6 +170,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` → bf16 on GPUs that support it, fp16 on older GPUs; on the CPU, bf16 where the
     processor has native bf16 (2.5× the fp32 training throughput, measured by
     bench/throughput.py on this project's AVX512-BF16 machine), else fp32."""
+    import torch
+
     if name not in PRECISIONS:
         raise FeatinvError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}.")
     if name != "auto":
@@ -174,6 +185,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def autocast(precision: str, device: torch.device):
     """Mixed precision for the forward passes; fp32 is a no-op context."""
+    import torch
+
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
