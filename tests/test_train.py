@@ -105,7 +105,7 @@ def test_user_errors_are_one_sentence_and_exit_2(argv, message, tmp_path, sample
 
 
 def test_console_script_help(capsys):
-    # One process for the entry point; each command's help in this one (a Python start each costs seconds).
+    # One process for the entry point, each command's help in this one (fewer Python starts).
     r = subprocess.run([sys.executable, "-m", "featinv.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: featinv" in r.stdout
     for command in ("train", "sweep", "invert", "evaluate", "reconstruct", "demo", "prepare", "report", "backbones"):
