@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_typ
 
 import yaml
 
-from .utils import FeatinvError, atomic_write_text, check_format
+from .utils import PRECISIONS, FeatinvError, atomic_write_text, check_format  # PRECISIONS: utils checks --precision
 
 # 1: featinv 0.1.0 (no format key); 2: a top-level ``format`` key, the sections unchanged.
 CONFIG_FORMAT = 2
@@ -18,7 +18,6 @@ CONFIG_FORMAT = 2
 DEFAULT_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 # The lists of choices, each defined once: the decoders and the CLI take them from here.
 SCHEDULES = ("plateau", "cosine", "constant")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 NORMS = ("batch", "none")
 UPSAMPLERS = ("resize", "lowres", "pixelshuffle", "convtranspose")
 FUSIONS = ("add", "concat")

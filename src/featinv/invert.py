@@ -26,7 +26,7 @@ from . import figures
 from . import metrics as M
 from .metrics import feature_distance
 from .backbones import FeatureExtractor, get_spec
-from .config import INVERSIONS, InvertConfig  # noqa: F401 - defined with the other settings
+from .config import INVERSIONS, InvertConfig
 from .data import ImageDataset, ImageRecord, SkipLog, find_images, make_loader, to_float, usable_records
 from .evaluate import agreement, load_run
 from .rundir import read_csv, write_csv
