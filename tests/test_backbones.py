@@ -198,7 +198,7 @@ def test_efficientnet_lite0_classifies_imagenet_sample():
     All 1000: the slow test below (`pytest -m slow`)."""
     top1, top5, n = _lite0_accuracy(every=5)
     assert n == 200
-    assert top1 >= 0.80 and top5 >= 0.93
+    assert top1 >= 0.85 and top5 >= 0.95  # the bound of the 1000-photo check
 
 
 @pytest.mark.slow
