@@ -286,3 +286,16 @@ def test_an_unknown_decoder_names_the_version_that_wrote_it(tmp_path, tiny_run):
     with pytest.raises(FeatinvError, match=r"written by featinv 9\.9\.9") as e:
         load_run(run)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["ladder", "pyramid"])
+@pytest.mark.parametrize("subset", [("layer1",), tuple(SHAPES)], ids=["layer1", "all"])
+def test_a_smaller_crop_is_decoded_at_its_own_size_by_the_same_weights(name, subset):
+    """``--train-crop``: a decoder built for 224 maps the maps of a 112 crop (layer4 4×4, as
+    ResNet-50 gives) to a 112 image, and with the same weights still maps 224's maps to 224."""
+    small = {"layer1": (256, 28, 28), "layer2": (512, 14, 14), "layer3": (1024, 7, 7), "layer4": (2048, 4, 4)}
+    dec = build_decoder(name, {k: SHAPES[k] for k in subset}, 224, width=16).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert dec({k: torch.randn(2, *small[k]) for k in subset}).shape == (2, 3, 112, 112)
+        assert dec(_features(subset)).shape == (2, 3, 224, 224)

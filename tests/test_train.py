@@ -93,6 +93,8 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run):
         (["train", "--out", "{tmp}/none", "--resume"], "no run to resume"),
         (["train", "--data", "{samples}", "--out", "{run}", "--weights", "random"], "already holds a run"),
         (["train", "--data", "{samples}", "--out", "{tmp}/r", "--weights", "random", "--layers", "layer9"], "unknown layer"),
+        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--weights", "random", "--train-crop", "98"],
+         "--train-crop 98 must be a multiple of the finest tap's stride (4)"),
         (["evaluate", "{tmp}"], "not a featinv run directory"),
     ],
 )
@@ -192,6 +194,30 @@ def test_default_recipe_beats_the_mean_image_on_held_out_photos(tmp_path, sample
     s = train(cfg, tmp_path / "run")
     assert s["val"]["psnr"] > s["reference"]["mean_image"]["psnr"] + 2.0
     assert s["val"]["ssim"] > s["reference"]["mean_image"]["ssim"]
+
+
+def test_smaller_training_crops_train_at_their_size_and_score_at_the_image_size(tmp_path, samples):
+    """``--train-crop 64``: the optimizer steps see 64-pixel crops, validation and the exported
+    decoder work at 224, and the mean-image reference line keeps the image size."""
+    seen = {"train": set(), "val": set()}
+
+    class Recording(Trainer):
+        def train_step(self, x, index, step):
+            seen["train"].add(tuple(x.shape[-2:]))
+            return super().train_step(x, index, step)
+
+    cfg = _tiny(samples, epochs=1)
+    cfg.data.train_crop = 64
+    out = tmp_path / "run"
+    trainer = Recording(cfg, out)
+    trainer.state.decoder.register_forward_hook(
+        lambda m, i, o: None if m.training else seen["val"].add(tuple(o.shape[-2:])))
+    s = trainer.fit()
+    assert seen == {"train": {(64, 64)}, "val": {(224, 224)}}
+    assert s["reference"]["mean_image"]["psnr"] > 5.0
+    run = featinv.load_run(out, device="cpu")
+    with torch.no_grad():
+        assert run.reconstruct(torch.rand(1, 3, 224, 224)).shape == (1, 3, 224, 224)
 
 
 def test_training_leaves_no_loader_workers_behind(tmp_path, samples):

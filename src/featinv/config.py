@@ -12,8 +12,9 @@ import yaml
 
 from .utils import PRECISIONS, FeatinvError, atomic_write_text, check_format  # PRECISIONS: utils checks --precision
 
-# 1: featinv 0.1.0 (no format key); 2: a top-level ``format`` key, the sections unchanged.
-CONFIG_FORMAT = 2
+# 1: featinv 0.1.0 (no format key); 2: a top-level ``format`` key, the sections unchanged;
+# 3: ``data.train_crop`` (formats 1 and 2 trained on crops of the full crop size).
+CONFIG_FORMAT = 3
 
 DEFAULT_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 # The lists of choices, each defined once: the decoders and the CLI take them from here.
@@ -45,6 +46,10 @@ class DataConfig:
     val_fraction: float = setting(0.1, "share of --data held out for validation")
     split_file: Optional[str] = setting(None, "CSV with columns file,split (train/val): a fixed split of --data", path=True)
     image_size: int = setting(224, "crop size", flag=None)
+    train_crop: int = setting(128, "size of the random training crops when smaller than the crop size, at the same "
+                              "scale (0: the crop size): more crops per second through the decoder's full-resolution "
+                              "layers; validation and the decoder's output stay at the crop size. Not with "
+                              "--no-augment or the seed decoder, which train at the crop size")
     resize: int = setting(256, "short side before cropping", flag=None)
     augment: bool = setting(True, "train on random crops with horizontal flips; val is always a center crop",
                             flag="--no-augment")
@@ -273,6 +278,7 @@ RULES = [
     ("data", "color_jitter", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data", "val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data", "image_size", lambda v: v >= 32, "at least 32"),
+    ("data", "train_crop", lambda v: v == 0 or v >= 32, "0 or at least 32"),
     ("data", "max_images", lambda v: v is None or v >= 1, "at least 1"),
 ]
 
@@ -296,6 +302,16 @@ def validate_config(cfg: RunConfig) -> None:
         raise FeatinvError("--layers needs at least one layer.")
 
 
+def train_crop_size(cfg: RunConfig) -> int:
+    """The size of the training crops: ``--train-crop`` when it is smaller than the crop size,
+    unless training is on center crops (``--no-augment``) or the decoder's output does not follow
+    its input's size (the seed decoder's); otherwise the crop size."""
+    d = cfg.data
+    if not d.train_crop or not d.augment or cfg.decoder.name == "seed":
+        return d.image_size
+    return min(d.train_crop, d.image_size)
+
+
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
     atomic_write_text(path, yaml.safe_dump({"format": CONFIG_FORMAT, **cfg.to_dict()}, sort_keys=False))
 
@@ -309,5 +325,7 @@ def load_config(path: Union[str, Path]) -> RunConfig:
     except yaml.YAMLError as e:
         raise FeatinvError(f"config file {path} is not valid YAML: {e}") from None
     if isinstance(d, dict):
-        check_format(d.pop("format", None), CONFIG_FORMAT, "a config file of", path)
+        version = check_format(d.pop("format", None), CONFIG_FORMAT, "a config file of", path)
+        if version < 3 and isinstance(d.get("data"), dict):
+            d["data"].setdefault("train_crop", 0)  # it trained (and resumes) on crops of the full size
     return RunConfig.from_dict(d)

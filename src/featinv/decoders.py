@@ -24,6 +24,13 @@ def _stages(image_size: int, size: int) -> int:
     return max(0, round(math.log2(image_size / size)))
 
 
+def _output_size(finest: torch.Tensor, scale: float) -> tuple[int, int]:
+    """The image size of the finest map ``finest``: its size times the stride the decoder was
+    built for. At the build's image size that is the image size; a smaller training crop
+    (``--train-crop``) gets an output of its own size."""
+    return round(finest.shape[-2] * scale), round(finest.shape[-1] * scale)
+
+
 class SeedDecoder(nn.Module):
     """The original project's ConvOnlyDecoder, kept as the baseline.
 
@@ -145,6 +152,7 @@ class PyramidDecoder(nn.Module):
         self.refine = nn.ModuleDict({self.key[k]: _conv_norm_relu(width, width, norm) for k in self.order})
         self.blocks = nn.Sequential(*(ResBlock(width, norm) for _ in range(blocks)))
         finest = shapes[self.order[-1]][1]
+        self.scale = image_size / finest
         up: list[nn.Module] = []
         c = width
         for _ in range(_stages(image_size, finest)):
@@ -165,9 +173,10 @@ class PyramidDecoder(nn.Module):
             else:
                 x = lat
             x = self.refine[key](x)
+        size = _output_size(x, self.scale)
         x = self.out(self.up(self.blocks(x)))
-        if x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x
 
 
@@ -233,7 +242,9 @@ class LadderDecoder(nn.Module):
     PixelShuffle: no checkerboard) and joins the next finer tap through a **zero-initialised**
     1×1 conv: at initialisation the decoder computes exactly what the finest tap's own decoder
     computes, so a deeper tap can only add what training finds useful. From the finest tap,
-    ×2 stages reach the image size; a 3×3 conv and a Sigmoid give RGB in [0,1].
+    ×2 stages reach the image size; a 3×3 conv and a Sigmoid give RGB in [0,1]. The output is
+    the finest map's size times its stride, so the maps of a smaller crop (``--train-crop``)
+    give an image of the crop's size.
 
     The finest tap's modules are built first, from the same random stream as the finest tap's
     own decoder, so the two also start from the same weights.
@@ -264,6 +275,7 @@ class LadderDecoder(nn.Module):
         fine_first = sorted(shapes, key=lambda k: -shapes[k][1])
         self.order = fine_first[::-1]  # coarse to fine, the forward order
         finest = shapes[fine_first[0]][1]
+        self.scale = image_size / finest
         self.stride = {k: image_size / shapes[k][1] for k in shapes}
 
         def chans(stride: float) -> int:
@@ -319,11 +331,12 @@ class LadderDecoder(nn.Module):
                     x = stage(x, lat.shape[-2:] if j == len(stages) - 1 else None)
                 lat = lat + self.gate[i](x)
             x = self.body[i](lat)
+        size = _output_size(x, self.scale)
         for stage in self.up:
             x = stage(x)
         x = self.out(x)
-        if x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x
 
 

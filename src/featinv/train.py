@@ -27,11 +27,12 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import dist
 from ._version import __version__
 from .backbones import FeatureExtractor
-from .config import RunConfig, diff_configs, flag_of, validate_config
+from .config import RunConfig, diff_configs, flag_of, train_crop_size, validate_config
 from .data import Augment, ImageDataset, ImageRecord, SkipLog, close_loader, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .featurecache import FeatureCache
@@ -195,6 +196,8 @@ class MeanImage:
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
+        if x.shape[-2:] != self.sum.shape[-2:]:  # --train-crop: the crops, stretched to the image size
+            x = F.interpolate(x, size=self.sum.shape[-2:], mode="bilinear", align_corners=False)
         self.sum += x.sum(0, dtype=torch.float64)
         self.n += len(x)
 
@@ -386,7 +389,7 @@ class Trainer:
         self.skips = SkipLog(strict=d.strict)
         self.train_recs, self.val_recs = split_for_config(d, self.skips)
         pin = self.device.type == "cuda"
-        self.train_ds = ImageDataset(self.train_recs, d.image_size, d.resize, train=d.augment, seed=t.seed,
+        self.train_ds = ImageDataset(self.train_recs, train_crop_size(self.cfg), d.resize, train=d.augment, seed=t.seed,
                                      augment=Augment(d.crop_scale, d.color_jitter))
         self.train_loader = make_loader(self.train_ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
                                         pin_memory=pin, rank=self.world.rank, world=self.world.size, persistent=True)
@@ -402,6 +405,9 @@ class Trainer:
         extractor = FeatureExtractor(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.layers, seed=seed).to(device)
         self.shapes = extractor.feature_shapes(cfg.data.image_size)
         self.ref_stride = min(extractor.strides(cfg.data.image_size).values())
+        crop = train_crop_size(cfg)
+        if crop != cfg.data.image_size:
+            check_train_crop(crop, cfg.data.image_size, self.shapes, extractor.feature_shapes(crop))
         torch.manual_seed(seed)  # the decoder's initial weights do not depend on the backbone's build
         decoder = build_decoder(cfg.decoder.name, self.shapes, cfg.data.image_size, **cfg.decoder.options()).to(device)
         if cfg.train.channels_last:
@@ -886,6 +892,17 @@ def train(
 
 
 PRECISE_BN_IMAGES = 4096
+
+
+def check_train_crop(crop: int, image_size: int, shapes: dict[str, tuple[int, ...]],
+                     crop_shapes: dict[str, tuple[int, ...]]) -> None:
+    """A training crop must be a whole number of the finest tap's cells, so that the decoder's
+    output (the finest map's size times its stride) is the crop itself."""
+    finest = max(shapes, key=lambda k: shapes[k][1])
+    stride = image_size / shapes[finest][1]
+    if round(crop_shapes[finest][1] * stride) != crop:
+        raise FeatinvError(f"--train-crop {crop} must be a multiple of the finest tap's stride ({stride:g}), "
+                           "or 0 for full crops.")
 
 
 def precise_bn_records(records: Sequence[ImageRecord], n: int = PRECISE_BN_IMAGES) -> list[ImageRecord]:
