@@ -4,7 +4,8 @@ The decoders were trained on ImageNet photos, which may not be redistributed; th
 them reconstructing the CC0 photos bundled with featinv instead (never seen in training), so it
 can live in the repository.
 
-    python bench/quality_figure.py --runs bench-out/quality --out docs/figures/quality.png
+    python bench/quality_figure.py --runs bench-out/quality --out docs/figures/quality.png \
+        --curves docs/figures/learning_curves.png
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from featinv.evaluate import load_run
 from featinv.metrics import score
 from featinv.rundir import RunDir
 from featinv.figures import image_grid, save_figure, uint8_images
+from featinv.report import learning_curves_figure, run_row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=["stride4", "stride8", "stride16", "stride32", "all"])
     p.add_argument("--images", type=int, default=4, help="bundled photos shown (default 4)")
     p.add_argument("--out", default="docs/figures/quality.png")
+    p.add_argument("--curves", default=None, help="also write the runs' learning curves (val PSNR per epoch) here")
     args = p.parse_args(argv)
 
     recs = find_images(sample_images_dir() / "val").records + find_images(sample_images_dir() / "train").records
@@ -50,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                      "decoders trained on ImageNet photos (efficientnet_lite0 features), on unseen bundled CC0 photos")
     save_figure(fig, Path(args.out))
     print(f"wrote {args.out}")
+    if args.curves:
+        runs = [Path(args.runs) / n for n in args.configs if RunDir(Path(args.runs) / n).summary_path.is_file()]
+        save_figure(learning_curves_figure(runs, [run_row(d) for d in runs]), Path(args.curves))
+        print(f"wrote {args.curves}")
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featinv.schedule import plateau_factor, plateaued
+from featinv.schedule import plateau_factor, plateaued, room_left
 from featinv.train import Trainer
 
 from conftest import tiny_config
@@ -61,6 +61,33 @@ def _scripted(psnrs):
 
 def _lrs(out):
     return [float(r["lr"]) for r in csv.DictReader(open(out / "metrics.csv"))]
+
+
+def test_room_left_counts_epochs_that_cost_more():
+    """10 epochs in 100 s of a 160 s budget: 6 more epochs fit, 2 that cost three times as much
+    (the decay's full-size crops); the epoch cap still bounds both."""
+    assert room_left(10, 40, 160.0, 100.0) == 6
+    assert room_left(10, 40, 160.0, 100.0, cost=3.0) == 2
+    assert room_left(10, 12, 160.0, 100.0) == 2
+    assert room_left(10, 40, None, 100.0, cost=3.0) == 30
+
+
+def test_full_size_decay_trains_the_decay_epochs_on_full_crops(samples, tmp_path):
+    """``--full-size-decay``: the constant-rate epochs train on the small crops, the final decay's
+    on crops of the image size; without it every epoch trains on the small crops."""
+    for full, expected in ((True, [64, 64, 224]), (False, [64, 64, 64])):
+        sizes: dict[int, set] = {}
+
+        class Recording(Trainer):
+            def train_step(self, x, index, step):
+                sizes.setdefault(step // self.steps_per_epoch, set()).add(x.shape[-1])
+                return super().train_step(x, index, step)
+
+        cfg = tiny_config(samples / "train", samples / "val", epochs=3, decay_epochs=1)
+        cfg.data.train_crop, cfg.data.full_size_decay = 64, full
+        s = Recording(cfg, tmp_path / f"run-{full}").fit()
+        assert [sorted(sizes[e]) for e in range(3)] == [[x] for x in expected]
+        assert s["epochs_run"] == 3
 
 
 def test_a_flat_run_stops_converged_after_its_decay(samples, tmp_path):
@@ -154,14 +181,14 @@ def test_new_flags_reach_the_config(samples, tmp_path):
                  "--batch-size", "4", "--workers", "0", "--device", "cpu", "--width", "16",
                  "--max-width", "32", "--crop-scale", "0.6", "--color-jitter", "0.1", "--schedule", "plateau",
                  "--plateau-epochs", "5", "--plateau-db", "0.2", "--decay-epochs", "2",
-                 "--extra-data", str(samples / "val")]) == 0
+                 "--no-full-size-decay", "--extra-data", str(samples / "val")]) == 0
     import yaml
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["data"]["crop_scale"] == 0.6 and cfg["data"]["color_jitter"] == 0.1
     assert cfg["data"]["extra_data"] == [str((samples / "val").resolve())]
     assert cfg["train"]["plateau_epochs"] == 5 and cfg["train"]["plateau_db"] == 0.2 and cfg["train"]["decay_epochs"] == 2
-    assert cfg["decoder"]["max_width"] == 32
+    assert cfg["decoder"]["max_width"] == 32 and cfg["data"]["full_size_decay"] is False
     s = json.loads((out / "summary.json").read_text())
     assert s["train_images"] == 9 + 3  # the nine of --data and the three of --extra-data
 

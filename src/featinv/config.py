@@ -13,7 +13,7 @@ import yaml
 from .utils import PRECISIONS, FeatinvError, atomic_write_text, check_format  # PRECISIONS: utils checks --precision
 
 # 1: featinv 0.1.0 (no format key); 2: a top-level ``format`` key, the sections unchanged;
-# 3: ``data.train_crop`` (formats 1 and 2 trained on crops of the full crop size).
+# 3: ``data.train_crop`` and ``data.full_size_decay`` (formats 1 and 2 trained on crops of the full crop size).
 CONFIG_FORMAT = 3
 
 DEFAULT_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
@@ -50,6 +50,10 @@ class DataConfig:
                               "scale (0: the crop size): more crops per second through the decoder's full-resolution "
                               "layers; validation and the decoder's output stay at the crop size. Not with "
                               "--no-augment or the seed decoder, which train at the crop size")
+    full_size_decay: bool = setting(True, "with --train-crop and the plateau schedule, the final decay's epochs "
+                                    "train on crops of the full crop size, the size the decoder is scored at (as "
+                                    "FixRes fine-tunes at the test resolution); off: on the training crops",
+                                    flag="--no-full-size-decay")
     resize: int = setting(256, "short side before cropping", flag=None)
     augment: bool = setting(True, "train on random crops with horizontal flips; val is always a center crop",
                             flag="--no-augment")
@@ -310,6 +314,14 @@ def train_crop_size(cfg: RunConfig) -> int:
     if not d.train_crop or not d.augment or cfg.decoder.name == "seed":
         return d.image_size
     return min(d.train_crop, d.image_size)
+
+
+def decay_crop_size(cfg: RunConfig) -> int:
+    """The size of the training crops during the plateau schedule's final decay: the crop size
+    with ``--full-size-decay``, otherwise :func:`train_crop_size`."""
+    if cfg.data.full_size_decay and cfg.train.schedule == "plateau":
+        return cfg.data.image_size
+    return train_crop_size(cfg)
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:

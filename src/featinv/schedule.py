@@ -80,10 +80,11 @@ def decide_decay(
     return None
 
 
-def room_left(epochs_done: int, epoch_cap: int, budget_s: Optional[float], spent_s: float) -> int:
-    """Whole epochs that still fit under the epoch cap and, at the mean epoch time so far, the time budget."""
+def room_left(epochs_done: int, epoch_cap: int, budget_s: Optional[float], spent_s: float, cost: float = 1.0) -> int:
+    """Whole epochs that still fit under the epoch cap and, at ``cost`` times the mean epoch time so
+    far (the decay's epochs on larger crops cost more), the time budget."""
     left = epoch_cap - epochs_done
     if budget_s is None:
         return left
-    per_epoch = max(spent_s / max(1, epochs_done), 1e-9)
+    per_epoch = max(cost * spent_s / max(1, epochs_done), 1e-9)
     return min(left, int((budget_s - spent_s) / per_epoch))

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from . import dist
 from ._version import __version__
 from .backbones import FeatureExtractor
-from .config import RunConfig, diff_configs, flag_of, train_crop_size, validate_config
+from .config import RunConfig, decay_crop_size, diff_configs, flag_of, train_crop_size, validate_config
 from .data import Augment, ImageDataset, ImageRecord, SkipLog, close_loader, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .featurecache import FeatureCache
@@ -399,6 +399,7 @@ class Trainer:
         self.val_loader = make_loader(val_ds, t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin,
                                       persistent=True)
         self.steps_per_epoch = math.ceil(len(self.train_ds) / (t.batch_size * self.world.size))
+        self.decay_loader: Optional[Any] = None  # built when the final decay starts (--full-size-decay)
 
     def _build_models(self) -> None:
         cfg, device, seed = self.cfg, self.device, self.cfg.train.seed
@@ -527,10 +528,11 @@ class Trainer:
         s.clock.start_epoch()
         if first == 0:
             s.losses.reset()
+        loader = self.loader_for(epoch)
         # Batches are consecutive slices of a fixed order: skipping `first` global batches replays the rest.
-        self.train_loader.sampler.set_epoch(epoch, start=first * t.batch_size * self.world.size)
+        loader.sampler.set_epoch(epoch, start=first * t.batch_size * self.world.size)
         s.decoder.train()
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
                    disable=not progress_enabled() or not self.world.main)
         for step, batch in enumerate(bar, start=first):
             for index, reason in batch["skipped"]:
@@ -558,6 +560,23 @@ class Trainer:
             if out_of_time:
                 return True
         return False
+
+    def loader_for(self, epoch: int) -> Any:
+        """The training loader of epoch ``epoch``: the decay's full-size crops once the plateau
+        schedule's final decay has begun (``--full-size-decay``), else the training crops. The
+        decay starts at an epoch boundary, so an epoch never mixes the two."""
+        p, d, t = self.state.progress, self.cfg.data, self.cfg.train
+        size = decay_crop_size(self.cfg)
+        if size == train_crop_size(self.cfg) or p.decay_start is None or epoch * self.steps_per_epoch < p.decay_start:
+            return self.train_loader
+        if self.decay_loader is None:
+            log.info("the final decay trains on %d-pixel crops (--full-size-decay)", size)
+            ds = ImageDataset(self.train_recs, size, d.resize, train=d.augment, seed=t.seed,
+                              augment=Augment(d.crop_scale, d.color_jitter))
+            self.decay_loader = make_loader(ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
+                                            pin_memory=self.device.type == "cuda", rank=self.world.rank,
+                                            world=self.world.size, persistent=True)
+        return self.decay_loader
 
     def _agree_due(self, done: int) -> bool:
         """Under torchrun: the steps at which the ranks agree on stopping (every ``check_every``,
@@ -676,7 +695,9 @@ class Trainer:
         """The plateau schedule's decision after an epoch (see :func:`featinv.schedule.decide_decay`)."""
         t, p = self.cfg.train, self.state.progress
         train_s = dist.max_over_ranks([self.state.clock.train_s])[0]  # the ranks decide alike
-        room = room_left(epochs_done, t.epochs, self.budget_s, train_s)
+        # Epochs on full-size crops cost about their pixels' ratio to the training crops'.
+        cost = (decay_crop_size(self.cfg) / train_crop_size(self.cfg)) ** 2
+        room = room_left(epochs_done, t.epochs, self.budget_s, train_s, cost)
         decay = decide_decay([float(r["val_psnr"]) for r in history], room, t.plateau_epochs, t.plateau_db, t.decay_epochs)
         if decay is None:
             return
@@ -735,6 +756,8 @@ class Trainer:
         finally:
             close_loader(self.train_loader)
             close_loader(self.val_loader)
+            if self.decay_loader is not None:
+                close_loader(self.decay_loader)
 
     def _loop(self) -> tuple[Optional[Evaluation], str]:
         s, t = self.state, self.cfg.train
