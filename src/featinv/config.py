@@ -318,7 +318,7 @@ def train_crop_size(cfg: RunConfig) -> int:
 
 def decay_crop_size(cfg: RunConfig) -> int:
     """The size of the training crops during the plateau schedule's final decay: the crop size
-    with ``--full-size-decay``, otherwise :func:`train_crop_size`."""
+    with ``data.full_size_decay`` (the default), otherwise :func:`train_crop_size`."""
     if cfg.data.full_size_decay and cfg.train.schedule == "plateau":
         return cfg.data.image_size
     return train_crop_size(cfg)

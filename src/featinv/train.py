@@ -389,17 +389,23 @@ class Trainer:
         self.skips = SkipLog(strict=d.strict)
         self.train_recs, self.val_recs = split_for_config(d, self.skips)
         pin = self.device.type == "cuda"
-        self.train_ds = ImageDataset(self.train_recs, train_crop_size(self.cfg), d.resize, train=d.augment, seed=t.seed,
-                                     augment=Augment(d.crop_scale, d.color_jitter))
-        self.train_loader = make_loader(self.train_ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
-                                        pin_memory=pin, rank=self.world.rank, world=self.world.size, persistent=True)
+        self.train_ds, self.train_loader = self._train_data(train_crop_size(self.cfg))
         # Validation is sharded: each rank scores a contiguous block, the rows are gathered.
         self.val_part = [self.val_recs[i] for i in dist.shard(len(self.val_recs), self.world)]
         val_ds = ImageDataset(self.val_part, d.image_size, d.resize, train=False)
         self.val_loader = make_loader(val_ds, t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin,
                                       persistent=True)
         self.steps_per_epoch = math.ceil(len(self.train_ds) / (t.batch_size * self.world.size))
-        self.decay_loader: Optional[Any] = None  # built when the final decay starts (--full-size-decay)
+        self.decay_loader: Optional[Any] = None  # built when the final decay starts (data.full_size_decay)
+
+    def _train_data(self, size: int) -> tuple[ImageDataset, Any]:
+        """The training photos as ``size``-pixel crops, and their loader (this rank's share)."""
+        d, t = self.cfg.data, self.cfg.train
+        ds = ImageDataset(self.train_recs, size, d.resize, train=d.augment, seed=t.seed,
+                          augment=Augment(d.crop_scale, d.color_jitter))
+        return ds, make_loader(ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
+                               pin_memory=self.device.type == "cuda", rank=self.world.rank, world=self.world.size,
+                               persistent=True)
 
     def _build_models(self) -> None:
         cfg, device, seed = self.cfg, self.device, self.cfg.train.seed
@@ -563,19 +569,14 @@ class Trainer:
 
     def loader_for(self, epoch: int) -> Any:
         """The training loader of epoch ``epoch``: the decay's full-size crops once the plateau
-        schedule's final decay has begun (``--full-size-decay``), else the training crops. The
+        schedule's final decay has begun (``data.full_size_decay``), else the training crops. The
         decay starts at an epoch boundary, so an epoch never mixes the two."""
-        p, d, t = self.state.progress, self.cfg.data, self.cfg.train
-        size = decay_crop_size(self.cfg)
+        p, size = self.state.progress, decay_crop_size(self.cfg)
         if size == train_crop_size(self.cfg) or p.decay_start is None or epoch * self.steps_per_epoch < p.decay_start:
             return self.train_loader
         if self.decay_loader is None:
-            log.info("the final decay trains on %d-pixel crops (--full-size-decay)", size)
-            ds = ImageDataset(self.train_recs, size, d.resize, train=d.augment, seed=t.seed,
-                              augment=Augment(d.crop_scale, d.color_jitter))
-            self.decay_loader = make_loader(ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
-                                            pin_memory=self.device.type == "cuda", rank=self.world.rank,
-                                            world=self.world.size, persistent=True)
+            log.info("the final decay trains on %d-pixel crops (--no-full-size-decay: on the training crops)", size)
+            self.decay_loader = self._train_data(size)[1]
         return self.decay_loader
 
     def _agree_due(self, done: int) -> bool:
