@@ -73,7 +73,7 @@ def test_room_left_counts_epochs_that_cost_more():
 
 
 def test_full_size_decay_trains_the_decay_epochs_on_full_crops(samples, tmp_path):
-    """``--full-size-decay``: the constant-rate epochs train on the small crops, the final decay's
+    """``data.full_size_decay``: the constant-rate epochs train on the small crops, the final decay's
     on crops of the image size; without it every epoch trains on the small crops."""
     for full, expected in ((True, [64, 64, 224]), (False, [64, 64, 64])):
         sizes: dict[int, set] = {}

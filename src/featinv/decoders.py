@@ -137,7 +137,6 @@ class PyramidDecoder(nn.Module):
         for value, allowed, what in ((upsample, UPSAMPLERS, "upsample"), (fusion, FUSIONS, "fusion"), (norm, NORMS, "norm")):
             if value not in allowed:
                 raise FeatinvError(f"decoder {what} must be one of {', '.join(allowed)}, got {value!r}.")
-        self.image_size = image_size
         self.fusion = fusion
         # Coarse to fine; ties keep the caller's order.
         self.order = sorted(shapes, key=lambda k: shapes[k][1])
@@ -270,7 +269,6 @@ class LadderDecoder(nn.Module):
             raise FeatinvError(f"decoder norm must be one of {', '.join(NORMS)}, got {norm!r}.")
         if upsample not in LADDER_UPSAMPLERS:
             raise FeatinvError(f"decoder upsample must be one of {', '.join(LADDER_UPSAMPLERS)}, got {upsample!r}.")
-        self.image_size = image_size
         # Fine to coarse for building (the finest path first, see above); ties keep the caller's order.
         fine_first = sorted(shapes, key=lambda k: -shapes[k][1])
         self.order = fine_first[::-1]  # coarse to fine, the forward order
