@@ -183,6 +183,26 @@ def test_ema_weights_are_the_ones_scored_and_exported(tmp_path, samples):
     assert any(not torch.equal(ckpt["decoder"][k], v) for k, v in ema.items() if v.is_floating_point())
 
 
+def test_ema_warms_up_so_a_short_run_averages_its_last_steps():
+    """A plain EMA of decay 0.995 drags its first weights along for hundreds of steps; with the
+    warm-up, after 45 updates (the demo's run) the average sits near the last weights, and a long
+    run averages at the decay it was given."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from featinv.train import ema_decay, ema_update
+
+    assert ema_decay(0.995, 0) == pytest.approx(0.1)
+    assert ema_decay(0.995, 5000) == 0.995
+    assert all(ema_decay(0.995, n) <= ema_decay(0.995, n + 1) for n in range(3000))
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(0.995), use_buffers=True)
+    for step in range(46):  # the weight walks 0, 1, ..., 45; the first update copies it
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ema.update_parameters(model)
+    assert 38.0 < ema.module.weight.item() < 45.0  # a plain EMA from the copy would sit near 5
+
+
 def test_default_recipe_beats_the_mean_image_on_held_out_photos(tmp_path, samples):
     """The package defaults (decoder, loss, schedule), at tiny scale: a falsifiable check."""
     from featinv.config import RunConfig
@@ -210,7 +230,7 @@ def test_smaller_training_crops_train_at_their_size_and_score_at_the_image_size(
     cfg.data.train_crop = 64
     out = tmp_path / "run"
     trainer = Recording(cfg, out)
-    trainer.state.decoder.register_forward_hook(
+    trainer.state.scored.register_forward_hook(  # the EMA copy by default
         lambda m, i, o: None if m.training else seen["val"].add(tuple(o.shape[-2:])))
     s = trainer.fit()
     assert seen == {"train": {(64, 64)}, "val": {(224, 224)}}

@@ -125,7 +125,7 @@ class TrainConfig:
                             "rising, then a short decay and stop: the convergence rule), cosine (over --epochs or "
                             "--minutes) or constant", choices=SCHEDULES)
     warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
-    plateau_epochs: int = setting(4, "plateau: compare the mean val PSNR of the last N epochs with that of the N before")
+    plateau_epochs: int = setting(6, "plateau: compare the mean val PSNR of the last N epochs with that of the N before")
     plateau_db: float = setting(0.1, "plateau: a gain below this many dB is a plateau (see featinv.schedule.plateaued)")
     decay_epochs: int = setting(3, "plateau: epochs of the final decay")
     seed: int = setting(0, "seed for data order, crops and initial weights")
@@ -137,8 +137,9 @@ class TrainConfig:
     channels_last: bool = setting(True, "NHWC tensors for the convolutions", flag=None)
     compile: bool = setting(False, "torch.compile the decoder (opt-in: compile time, platform support)")
     grad_clip: float = setting(0.0, "clip the gradient norm to this; 0 turns it off")
-    ema: float = setting(0.0, "decay of an exponential moving average of the decoder weights, which are then the "
-                         "ones scored and saved; 0 turns it off")
+    ema: float = setting(0.995, "decay of an exponential moving average of the decoder weights (warmed up over the "
+                         "first steps: featinv.train.ema_decay), which are then the ones scored, stopped on and "
+                         "saved; 0 turns it off")
     patience: int = setting(0, "stop after this many epochs without a better val PSNR and keep the best weights; "
                             "0 turns it off")
     precise_bn: bool = setting(True, "after the last epoch, recompute the decoder's batch-norm statistics as exact "

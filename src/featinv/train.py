@@ -22,7 +22,7 @@ import time
 import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -436,9 +436,9 @@ class Trainer:
         self.loss_fn = build_loss(cfg.loss, cfg.backbone.name, cfg.backbone.weights, seed).to(device)
         ema = None
         if cfg.train.ema > 0:  # an average of the weights, batch-norm buffers included
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
-            ema = AveragedModel(decoder, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+            ema = AveragedModel(decoder, multi_avg_fn=ema_update(cfg.train.ema), use_buffers=True)
         t = cfg.train
         opt = torch.optim.AdamW(decoder.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
@@ -932,6 +932,29 @@ def check_train_crop(crop: int, image_size: int, shapes: dict[str, tuple[int, ..
 def precise_bn_records(records: Sequence[ImageRecord], n: int = PRECISE_BN_IMAGES) -> list[ImageRecord]:
     """At most ``n`` of ``records``, evenly spaced (a folder sorted by class keeps every class)."""
     return list(records[:: max(1, math.ceil(len(records) / n))])
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The EMA's decay after ``updates`` averaging steps: ``min(decay, (1 + n) / (10 + n))``, the
+    warm-up of TensorFlow's ExponentialMovingAverage, so a short run (the demo's few dozen steps)
+    averages its last steps instead of dragging its first weights along."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def ema_update(decay: float) -> Callable[..., None]:
+    """``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: an EMA with :func:`ema_decay`."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: Any) -> None:
+        d = ema_decay(decay, int(updates))
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():  # batch-norm's step counter: follow the model's
+                a.copy_(c)
+
+    return update
 
 
 def recalibrate_norms(model: nn.Module, extractor: nn.Module, loader: Any, device: torch.device,
