@@ -75,8 +75,12 @@ def run_config(name: str, layers: list[str], args: argparse.Namespace) -> RunCon
     return cfg
 
 
-def train_or_reuse(cfg: RunConfig, out: Path) -> dict:
-    """A finished run with exactly these settings is reused; anything else in ``out`` is refused."""
+LOAD_FILE = "bench_load.json"  # the load average when the run started, kept for the rows that reuse it
+
+
+def train_or_reuse(cfg: RunConfig, out: Path, load: float) -> dict:
+    """A finished run with exactly these settings is reused; anything else in ``out`` is refused.
+    A new run records ``load`` (the load average at its start) beside it."""
     run = RunDir(out)
     if run.completed():
         check_same_settings(out, cfg, ignored=frozenset())
@@ -84,7 +88,15 @@ def train_or_reuse(cfg: RunConfig, out: Path) -> dict:
         return run.read_summary()
     if run.has_config():
         raise SystemExit(f"{out} holds an unfinished run; remove it or choose another --out.")
-    return train(cfg, out)
+    summary = train(cfg, out)
+    (out / LOAD_FILE).write_text(json.dumps({"load_at_start": round(load, 2)}))
+    return summary
+
+
+def load_at_start(out: Path) -> float | None:
+    """The load average recorded when the run in ``out`` started (None for runs from before it was kept)."""
+    f = out / LOAD_FILE
+    return json.loads(f.read_text())["load_at_start"] if f.is_file() else None
 
 
 def references(cfg: RunConfig, mean_image: torch.Tensor, data: str | None = None) -> dict[str, dict[str, float]]:
@@ -169,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, layers in configs:
         cfg = run_config(name, layers, args)
-        load0 = os.getloadavg()[0]
-        s = train_or_reuse(cfg, out / name)
+        s = train_or_reuse(cfg, out / name, load=os.getloadavg()[0])
         test = test_domain(out / name, args.test_data) if args.test_data else None
         # the seed decoder resizes every map to the coarsest one's size first
         stride = (max if name == "seed" else min)(s["strides"].values())
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": s["epochs_run"], "train_minutes": s["train_pass_s"] / 60, "params": s["decoder_parameters"],
             "images_per_s": s["train_images_per_s"],
             "val_images": s["val_images"], "train_images": s["train_images"], "device": s["device"],
-            "precision": s["precision"], "load_at_start": round(load0, 2),
+            "precision": s["precision"], "load_at_start": load_at_start(out / name),
         })
     mean_image = RunDir(out / configs[0][0]).mean_image()
     base = run_config(configs[0][0], configs[0][1], args)
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['config']} ({r['decoder']}) | {r['layers']} | {r['stride']} | {r['val_psnr']:.2f} | {r['val_ssim']:.3f} | "
             f"{r['train_psnr']:.2f} | {r['train_ssim']:.3f} | {f(r['test_psnr'])} | {f(r['test_ssim'], 3)} | {conv} | "
-            f"{r['epochs']} | {r['train_minutes']:.1f} | {f(r['images_per_s'], 1)} | {r['params'] / 1e6:.2f}M | {r['load_at_start']:.1f} |"
+            f"{r['epochs']} | {r['train_minutes']:.1f} | {f(r['images_per_s'], 1)} | {r['params'] / 1e6:.2f}M | {f(r['load_at_start'], 1)} |"
         )
     for k, v in refs.items():
         label = f"reference: bicubic ×{k[9:]} thumbnail" if k.startswith("bicubic") else "reference: mean training image"

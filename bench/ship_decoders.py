@@ -15,6 +15,7 @@ replaced by where the photos came from.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,13 @@ STAGES = {"stride4": "stage1", "stride8": "stage2", "stride16": "stage3", "strid
 KEEP_SUMMARY = ("featinv_version", "torch_version", "backbone", "layers", "strides", "feature_shapes", "decoder", "decoder_parameters", "epochs_run",
                 "train_images", "val_images", "val", "train_eval", "converged", "stop_reason", "train_pass_s",
                 "reference", "command", "precision", "device")
+
+
+def source_of(folder: Path) -> str:
+    """Where a training folder's photos came from: a prepared cache names its source folder."""
+    meta = folder / "meta.json"
+    source = Path(json.loads(meta.read_text())["source"]) if meta.is_file() else folder
+    return f"{source.name} (../shared/data/{source.name})"
 
 
 def ship(bench_out: Path, target: Path = TARGET) -> list[Path]:
@@ -42,7 +50,8 @@ def ship(bench_out: Path, target: Path = TARGET) -> list[Path]:
         dst.path.mkdir(parents=True)
         cfg = src.read_config()
         cfg.data.data = "imagenet-sample (../shared/data/imagenet-sample), train split of split.csv"
-        cfg.data.split_file, cfg.data.val_data, cfg.data.extra_data = "split.csv", None, []
+        cfg.data.split_file, cfg.data.val_data = "split.csv", None
+        cfg.data.extra_data = [source_of(Path(p)) for p in cfg.data.extra_data]
         dst.write_config(cfg)
         dst.write_metrics(src.read_metrics(), list(src.read_metrics()[0]))
         meta, tensors = src.read_decoder()

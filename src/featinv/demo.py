@@ -1,7 +1,7 @@
 """`featinv demo`: what each depth keeps, offline, in about a minute on a CPU.
 
 Two parts. (1) The decoders that ship with the package (one per stage of EfficientNet-Lite0,
-trained on 900 ImageNet photos) reconstruct the bundled held-out photos: one figure, one
+trained on ImageNet and other photos) reconstruct the bundled held-out photos: one figure, one
 column per depth, with the bicubic thumbnail of each stride as the reference. (2) A short
 training run on the bundled photos shows the pipeline end to end.
 """
@@ -81,7 +81,7 @@ def depth_study(out: Path, device: str) -> list[dict[str, Any]]:
         s, t = score(y, x), score(thumb, x)
         rows.append({"stage": stage, "stride": stride, "psnr": float(s["psnr"].mean()), "ssim": float(s["ssim"].mean()),
                      "thumb_psnr": float(t["psnr"].mean()), "thumb_ssim": float(t["ssim"].mean()),
-                     "val_psnr_imagenet": run.summary["val"]["psnr"]})
+                     "val_psnr_imagenet": run.summary["val"]["psnr"], "train_images": run.summary.get("train_images")})
         titles.append(f"{stage} (stride {stride})")
         columns.append(figures.uint8_images(y))
         labels.append([f"{p:.1f} dB / {q:.2f}" for p, q in zip(s["psnr"].tolist(), s["ssim"].tolist())])
@@ -113,10 +113,11 @@ def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 15, device: s
     files = reconstruct_files(run, sorted((sample_images_dir() / "val").glob("*.jpg")), out / "reconstructions")
     elapsed = time.perf_counter() - t0
     lines = ["", f"featinv demo finished in {elapsed:.0f} s."]
+    seen = max((r["train_images"] or 0 for r in depths), default=0)
     if depths:
         lines += [
             "  1. What each depth keeps: decoders shipped with featinv (EfficientNet-Lite0, ImageNet weights,",
-            "     trained on 900 ImageNet photos) on the 3 bundled held-out photos; figure: " + str(out / "depths.png"),
+            f"     trained on {seen:,} photos) on the 3 bundled held-out photos; figure: " + str(out / "depths.png"),
             "     stage   stride   PSNR (dB)  SSIM    bicubic thumbnail at that stride",
             *[f"     {r['stage']:<7} {r['stride']:>6}   {r['psnr']:8.2f}  {r['ssim']:.3f}   {r['thumb_psnr']:.2f} dB / "
               f"{r['thumb_ssim']:.3f}" for r in depths],
@@ -126,7 +127,7 @@ def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 15, device: s
         f"  {'2. ' if depths else ''}A decoder trained here for {epochs} epochs on 9 bundled photos ({backbone}, {weights} weights, "
         f"all four stages):",
         f"     held-out photos: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} over {metrics['n_images']} images"
-        " (9 training photos teach a decoder little; the shipped decoders saw 900)",
+        " (9 training photos teach a decoder little" + (f"; the shipped decoders saw {seen:,})" if seen else ")"),
         "     reference lines: " + ", ".join(f"{k} {v['psnr']:.2f} dB / {v['ssim']:.3f}" for k, v in ref.items()),
         f"     run directory:   {out / 'run'}  (config.yaml, metrics.csv, summary.json, decoder.safetensors, figures/, results/)",
         f"     evaluation:      {out / 'evaluation'}  (metrics.json, per_image.csv, results/comparison.png)",
