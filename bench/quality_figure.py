@@ -1,6 +1,6 @@
 """The README's quality figure: bench/quality.py's decoders on the bundled photos.
 
-The decoders were trained on ImageNet photos, which may not be redistributed; the figure shows
+The decoders were trained on ImageNet photos (and others), which may not be redistributed; the figure shows
 them reconstructing the CC0 photos bundled with featinv instead (never seen in training), so it
 can live in the repository.
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     recs = recs[: args.images]
     ds = ImageDataset(recs, train=False)
     xf = to_float(torch.stack([ds[i]["image"] for i in range(len(recs))]), torch.device("cpu"))
-    titles, columns, labels = [], [], []
+    titles, columns, labels, seen = [], [], [], 0
     for name in args.configs:
         path = Path(args.runs) / name
         if not RunDir(path).summary_path.is_file():
@@ -46,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             y = run.reconstruct(xf).float().clamp(0, 1)
         s = score(y, xf)
         summary = RunDir(path).read_summary()
+        seen = max(seen, summary.get("train_images") or 0)
         titles.append(f"{name} ({'+'.join(summary['layers'])})")
         columns.append(uint8_images(y))
         labels.append([f"{float(a):.1f} dB / {float(b):.2f}" for a, b in zip(s["psnr"], s["ssim"])])
     fig = image_grid(uint8_images(xf), titles, columns, labels,
-                     "decoders trained on ImageNet photos (efficientnet_lite0 features), on unseen bundled CC0 photos")
+                     f"decoders trained on {seen:,} photos (efficientnet_lite0 features), on unseen bundled CC0 photos")
     save_figure(fig, Path(args.out))
     print(f"wrote {args.out}")
     if args.curves:
