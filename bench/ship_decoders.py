@@ -19,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from featinv.cache import is_cache
 from featinv.rundir import RunDir
 
 
@@ -32,8 +33,7 @@ KEEP_SUMMARY = ("featinv_version", "torch_version", "backbone", "layers", "strid
 
 def source_of(folder: Path) -> str:
     """Where a training folder's photos came from: a prepared cache names its source folder."""
-    meta = folder / "meta.json"
-    source = Path(json.loads(meta.read_text())["source"]) if meta.is_file() else folder
+    source = Path(json.loads((folder / "meta.json").read_text())["source"]) if is_cache(folder) else folder
     return f"{source.name} (../shared/data/{source.name})"
 
 
