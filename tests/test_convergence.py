@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featinv.schedule import plateau_factor, plateaued, room_left
+from featinv.schedule import epoch_cost, plateau_factor, plateaued, room_left
 from featinv.train import Trainer
 
 from conftest import tiny_config
@@ -64,12 +64,61 @@ def _lrs(out):
 
 
 def test_room_left_counts_epochs_that_cost_more():
-    """10 epochs in 100 s of a 160 s budget: 6 more epochs fit, 2 that cost three times as much
-    (the decay's full-size crops); the epoch cap still bounds both."""
-    assert room_left(10, 40, 160.0, 100.0) == 6
-    assert room_left(10, 40, 160.0, 100.0, cost=3.0) == 2
-    assert room_left(10, 12, 160.0, 100.0) == 2
-    assert room_left(10, 40, None, 100.0, cost=3.0) == 30
+    """100 s of a 160 s budget spent, epochs of 10 s: 6 more epochs fit, 2 that cost three times as
+    much (the decay's full-size crops); the epoch cap still bounds both; an unknown cost leaves the cap."""
+    assert room_left(10, 40, 160.0, 100.0, 10.0) == 6
+    assert room_left(10, 40, 160.0, 100.0, 10.0, cost=3.0) == 2
+    assert room_left(10, 12, 160.0, 100.0, 10.0) == 2
+    assert room_left(10, 40, None, 100.0, 10.0, cost=3.0) == 30
+    assert room_left(1, 40, 160.0, 100.0, None) == 39
+
+
+def test_an_epochs_cost_leaves_out_the_start_up():
+    """The first epoch (start-up) is never the estimate; then the median of the last three."""
+    assert epoch_cost([]) is None and epoch_cost([40.0]) is None
+    assert epoch_cost([40.0, 5.0]) == 5.0
+    assert epoch_cost([40.0, 5.0, 9.0, 4.0, 6.0]) == 6.0  # median of 9, 4, 6
+    assert epoch_cost([40.0, 5.0, 7.0]) in (5.0, 7.0)
+
+
+def _budget_run(samples, out, monkeypatch, first_slow: float, minutes: float):
+    """A real Trainer under a scripted clock: a training step costs 1 s, those of the first epoch
+    ``first_slow`` s (its start-up); val PSNR keeps rising, so only the budget ends the run."""
+    import types
+
+    import featinv.train as T
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
+    psnr = iter(10.0 + 0.5 * i for i in range(200))
+
+    class Scripted(Trainer):
+        def train_step(self, x, index, step):
+            clock["t"] += first_slow if step < self.steps_per_epoch else 1.0
+            return super().train_step(x, index, step)
+
+        def validate(self, final):
+            ev = super().validate(final)
+            ev.metrics["psnr"] = next(psnr)
+            return ev
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=60, schedule="plateau", minutes=minutes,
+                      decay_epochs=3, warmup_epochs=0.0, precise_bn=False)
+    cfg.data.max_images, cfg.train.batch_size, cfg.train.num_save = 3, 1, 0
+    cfg.data.full_size_decay = False
+    return Scripted(cfg, out).fit()
+
+
+def test_a_slow_first_epoch_does_not_shorten_a_budgeted_run(samples, tmp_path, monkeypatch):
+    """Epochs of 3 s after a first of 24 s (8x: start-up), a 60 s budget: the planner waits for a
+    steady epoch, then decays so that the run ends at the budget, decay included (>= 90% of it used).
+    Dividing the time so far by the epochs done decided after epoch 1 that one epoch was left."""
+    s = _budget_run(samples, tmp_path / "slow", monkeypatch, first_slow=8.0, minutes=1.0)
+    rows = list(csv.DictReader(open(tmp_path / "slow" / "metrics.csv")))
+    assert s["train_pass_s"] >= 0.9 * 60 and s["stop_reason"] == "decayed at the budget's end"
+    assert len(rows) >= 10 and float(rows[-1]["lr"]) < 0.1 * float(rows[0]["lr"])  # the decay ran to its end
+    even = _budget_run(samples, tmp_path / "even", monkeypatch, first_slow=1.0, minutes=0.5)
+    assert even["train_pass_s"] >= 0.9 * 30 and even["stop_reason"] == "decayed at the budget's end"
 
 
 def test_full_size_decay_trains_the_decay_epochs_on_full_crops(samples, tmp_path):
@@ -135,22 +184,22 @@ def _image(h=256, w=320):
 
 
 def test_plain_augmentation_is_a_crop_at_the_images_own_scale():
-    from featinv.data import Augment, crop
+    from featinv.data import Augment, crop, draws
 
     x = _image()
-    y = crop(x, 224, True, torch.Generator().manual_seed(1), Augment())
+    y = crop(x, 224, True, draws(1, 0, 0)[0], Augment())
     windows = [x[:, t:t + 224, l:l + 224] for t in range(33) for l in range(97)]
     assert any(torch.equal(y, w) or torch.equal(y, w.flip(-1)) for w in windows)
 
 
 def test_random_resized_crops_and_jitter_are_replayable_and_change_the_image():
-    from featinv.data import Augment, crop
+    from featinv.data import Augment, crop, draws
 
     x = _image()
     aug = Augment(crop_scale=0.5, color_jitter=0.3)
-    a = crop(x, 224, True, torch.Generator().manual_seed(5), aug)
-    b = crop(x, 224, True, torch.Generator().manual_seed(5), aug)
-    c = crop(x, 224, True, torch.Generator().manual_seed(6), aug)
+    a = crop(x, 224, True, draws(5, 0, 0)[0], aug)
+    b = crop(x, 224, True, draws(5, 0, 0)[0], aug)
+    c = crop(x, 224, True, draws(6, 0, 0)[0], aug)
     assert a.shape == (3, 224, 224) and a.dtype == torch.uint8
     assert torch.equal(a, b) and not torch.equal(a, c)
     # not a plain crop any more: no 224 window of the original (or its mirror) equals it

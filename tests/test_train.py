@@ -87,9 +87,9 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run):
     "argv, message",
     [
         (["train", "--data", "/nonexistent", "--out", "{tmp}/r", "--weights", "random"], "does not exist"),
-        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--batch-size", "0"], "--batch-size"),
+        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--batch-size", "-1"], "--batch-size"),
         (["train", "--data", "{samples}", "--out", "{tmp}/r", "--epochs", "-1"], "--epochs"),
-        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--lr", "0"], "--lr"),
+        (["train", "--data", "{samples}", "--out", "{tmp}/r", "--lr", "-1"], "--lr"),
         (["train", "--out", "{tmp}/none", "--resume"], "no run to resume"),
         (["train", "--data", "{samples}", "--out", "{run}", "--weights", "random"], "already holds a run"),
         (["train", "--data", "{samples}", "--out", "{tmp}/r", "--weights", "random", "--layers", "layer9"], "unknown layer"),
@@ -187,20 +187,42 @@ def test_ema_warms_up_so_a_short_run_averages_its_last_steps():
     """A plain EMA of decay 0.995 drags its first weights along for hundreds of steps; with the
     warm-up, after 45 updates (the demo's run) the average sits near the last weights, and a long
     run averages at the decay it was given."""
-    from torch.optim.swa_utils import AveragedModel
-
-    from featinv.train import ema_decay, ema_update
+    from featinv.train import EMA, ema_decay
 
     assert ema_decay(0.995, 0) == pytest.approx(0.1)
     assert ema_decay(0.995, 5000) == 0.995
     assert all(ema_decay(0.995, n) <= ema_decay(0.995, n + 1) for n in range(3000))
     model = torch.nn.Linear(1, 1, bias=False)
-    ema = AveragedModel(model, multi_avg_fn=ema_update(0.995), use_buffers=True)
+    ema = EMA(model, 0.995)
     for step in range(46):  # the weight walks 0, 1, ..., 45; the first update copies it
         with torch.no_grad():
             model.weight.fill_(float(step))
-        ema.update_parameters(model)
+        ema.update(model)
     assert 38.0 < ema.module.weight.item() < 45.0  # a plain EMA from the copy would sit near 5
+
+
+def test_the_ema_is_averaged_models_without_a_device_read_per_step():
+    """featinv's EMA gives AveragedModel's weights and buffers, step for step, with its state dict
+    (checkpoints of either load into the other), counting updates on the host."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from featinv.train import EMA, ema_update
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ours, theirs = EMA(model, 0.99), AveragedModel(model, multi_avg_fn=ema_update(0.99), use_buffers=True)
+    for _ in range(30):
+        model.train()(torch.randn(2, 3, 8, 8))  # moves the batch-norm buffers too
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update(model)
+        theirs.update_parameters(model)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float()) for k in a)
+    fresh = EMA(model, 0.99)
+    fresh.load_state_dict(b)
+    assert fresh.updates == 30
 
 
 def test_default_recipe_beats_the_mean_image_on_held_out_photos(tmp_path, samples):

@@ -1,35 +1,36 @@
 #!/bin/bash
 # The device checks of a lent GPU, in one call. Build .gpu first (.venv/bin/python bench/gpu/carry.py),
-# then, with the device tool: run(command="bash bench/gpu/run.sh", carry=[".gpu"], timeout_s=560).
+# then, with the device tool: run(command="bash bench/gpu/run.sh", carry=[".gpu"], timeout_s=590).
 # Parts run most important first, each under a time limit inside BUDGET seconds; the logs and a
-# tarball of the small result files land in $OUT after every part, so a cut-off call keeps what ran.
-#   1. bench/invert.py: decoder / refine / optimize per stage, 20 val photos, 500 steps, s/image
-#   2. a plain `featinv train` on the imagenet-sample JPEG folder (the default recipe): wall time, score
-#   noise: bench/validation_noise.py all, 20 epochs at a constant rate: val PSNR per epoch with the
-#      running averages and with recomputed statistics, and where each stopping rule fires
-#   rule: bench/stopping_rule.py all: the default recipe trained with the stopping rule before and now, paired
-#   3. bench/quality.py stride4: the default decoder, the same with --upsample lowres (is it worse at
-#      convergence, not only per epoch?), then a wider one (width 128, 4 blocks), to convergence
-#   4. bench/quality.py all: the same wider decoder with all four stages
-#   exit: how long a finished `featinv train` takes to exit (data-loader workers; pytorch/pytorch#81794)
-# PARTS="invert exit" runs only those parts (default: train, prepare, noise and the quality parts;
-# invert ran on an H100, its log is in bench/results/).
+# tarball of the small result files land in $OUT after every part (at most 8 files), so a cut-off
+# call keeps what ran.
+#   prepare     featinv prepare --size 256 of the imagenet-sample photos and of the extra-train ones
+#   throughput  bench/throughput.py --device cuda --images 16384: the original loop, the default
+#               recipe through the loader, preloaded, and preloaded at batch 16 (images/s, first
+#               epoch, peak memory, FLOP/s against a matmul timed in the same run)
+#   b16, b256   the stride-4 decoder (efficientnet_lite0 stage1) on the 2,437 training photos to
+#               convergence by the stopping rule: batch 16 at lr 1e-3 (the CPU recipe) and the GPU
+#               default (batch 256, lr by the square-root rule, epoch repeats), both preloaded
+#   all         the default recipe on all four stages (batch 256, preloaded) under a time budget:
+#               its learning curve and rate, for the ImageNet-val estimate
+#   compile     bench/throughput.py --variants e: the preloaded default with --compile
+# PARTS="throughput compile" runs only those (the older parts invert, noise, rule and exit too).
 # SMOKE=1 DEVICE=cpu PYTHON=.venv/bin/python bash bench/gpu/run.sh  tries every part in seconds on a CPU.
 set -u
 START=$(date +%s)
-BUDGET=${BUDGET:-540}
+BUDGET=${BUDGET:-560}
 export PYTHONPATH=$PWD/src:$PWD/.gpu/site PYTHONUNBUFFERED=1
 O=${OUT:-/tmp/gpu-out}; W=${WORK:-/tmp/gpu-work}; mkdir -p "$O" "$W"
-D=.gpu/data/imagenet-sample
+D=.gpu/data/imagenet-sample; X=.gpu/data/extra-train
 DEV=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
-  INV="--images 2 --steps 3 --batch-size 2"; TRAIN="--max-images 24 --epochs 1 --batch-size 8 --workers 0"
-  Q1="--max-images 24 --epochs 1"; Q2=$Q1; Q3=$Q1; NOISE="--max-images 24 --epochs 3 --images 8"; RULE="--max-images 24 --epochs 2"
-else INV="--images 20 --steps 500 --batch-size 20"; TRAIN=""; Q1="--minutes 2"; Q2="--minutes 2.5"; Q3="--minutes 2.5"
-  NOISE="--epochs 20"; RULE=""; fi
+  TP="--images 24 --epochs 2 --steps 2 --warmup 1"; Q="--max-images 24 --epochs 2"; MIN=""
+  INV="--images 2 --steps 3 --batch-size 2"; NOISE="--max-images 24 --epochs 3 --images 8"; RULE="--max-images 24 --epochs 2"
+else TP="--images 16384 --epochs 3"; Q="--epochs 300"; MIN="--minutes 1.6"
+  INV="--images 20 --steps 500 --batch-size 20"; NOISE="--epochs 20"; RULE=""; fi
 
-PARTS=${PARTS:-train prepare noise rule quality-stride4 quality-lowres-stride4 quality-wide-stride4 quality-wide-all}
+PARTS=${PARTS:-prepare throughput b16 b256 all compile}
 left() { echo $(( START + BUDGET - $(date +%s) )); }
 part() {  # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log to $O/NAME.log, then pack
   local name=$1 limit=$2; shift 2
@@ -37,11 +38,12 @@ part() {  # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log
   local t=$(left); [ "$t" -lt "$limit" ] && limit=$t
   if [ "$limit" -lt 20 ]; then echo "== $name: skipped, ${limit}s left" | tee -a "$O/parts.txt"; return; fi
   local t0=$(date +%s)
-  timeout --signal=INT --kill-after=15 "$limit" "$@" > "$O/$name.log" 2>&1
+  timeout --signal=INT --kill-after=15 "$limit" "$@" > "$W/$name.log" 2>&1
   local rc=$?
   echo "== $name: rc $rc, $(( $(date +%s) - t0 )) s (limit $limit s)" | tee -a "$O/parts.txt"
-  (cd "$W" && find . -path ./cache -prune -o \( -name '*.json' -o -name '*.csv' -o -name '*.yaml' -o -name '*.md' \
-      -o -name '*.log' -o -name comparison.png \) -print | tar -czf "$O/results.tar.gz" -T - 2>/dev/null)
+  tail -n 4 "$W/$name.log" | cut -c1-300
+  (cd "$W" && find . \( -path ./cache -o -path ./extra \) -prune -o \( -name '*.json' -o -name '*.csv' \
+      -o -name '*.yaml' -o -name '*.md' -o -name '*.log' -o -name '*.txt' \) -print | tar -czf "$O/results.tar.gz" -T - 2>/dev/null)
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
@@ -49,24 +51,28 @@ part() {  # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log
   echo "cpus $(nproc)"; } > "$O/env.txt" 2>&1
 cat "$O/env.txt"
 
+part prepare 60 bash -c "$PY -m featinv prepare --data $D --out $W/cache --size 256 && \
+    $PY -m featinv prepare --data $X --out $W/extra --size 256"
+part throughput 200 $PY bench/throughput.py --device "$DEV" --data "$D" $TP --json "$W/throughput.json"
+cp "$W/throughput.log" "$W/throughput.json" "$O/" 2>/dev/null
+# the stride-4 decoder on the 900 + 1,537 training photos, val = the split's 100
+T="$PY -m featinv train --data $W/cache --split-file $D/split.csv --extra-data $W/extra --backbone efficientnet_lite0 \
+   --weights imagenet --device $DEV --num-save 0 $Q"
+part b16 110 $T --layers stage1 --batch-size 16 --lr 1e-3 $MIN --out "$W/b16"
+part b256 110 $T --layers stage1 $MIN --out "$W/b256"
+part all 100 $T $MIN --out "$W/all"
+part compile 120 $PY bench/throughput.py --device "$DEV" --data "$D" $TP --variants e --json "$W/compile.json"
+cp "$W/compile.log" "$W/compile.json" "$O/" 2>/dev/null
+# older parts, by name only
 part invert 120 $PY bench/invert.py $INV --device "$DEV" --data "$D" --out "$W/invert"
-part train 150 $PY -m featinv train --data "$D" --split-file "$D/split.csv" --backbone efficientnet_lite0 \
-    --weights imagenet --device "$DEV" $TRAIN --out "$W/train-default"
-part prepare 40 $PY -m featinv prepare --data "$D" --out "$W/cache" --size 256
 part noise 150 $PY bench/validation_noise.py --data "$W/cache" --split-file "$D/split.csv" --configs all $NOISE \
     --device "$DEV" --out "$W/noise"
 part rule 240 $PY bench/stopping_rule.py --data "$W/cache" --split-file "$D/split.csv" --configs all $RULE \
     --device "$DEV" --out "$W/rule"
-# quality.py's --minutes caps each configuration's training passes, so it ends before the part's limit
-Q="$PY bench/quality.py --data $W/cache --split-file $D/split.csv --test-data none --device $DEV"
-WIDE="--set decoder.width=128 decoder.blocks=4"
-part quality-stride4 170 $Q $Q1 --configs stride4 --out "$W/quality-default"
-part quality-lowres-stride4 170 $Q $Q1 --configs stride4 --set decoder.upsample=lowres --out "$W/quality-lowres"
-part quality-wide-stride4 200 $Q $Q2 --configs stride4 $WIDE --out "$W/quality-wide"
-part quality-wide-all 200 $Q $Q3 --configs all $WIDE --out "$W/quality-wide"
-# every output line stamped; the last stamp is when the process and its workers let go of stdout
-part exit 90 bash -c "$PY -m featinv train --data $D --split-file $D/split.csv --backbone efficientnet_lite0 \
-    --layers stage1 --epochs 1 --max-images 256 --device $DEV --out $W/exit-check 2>&1 | \
-    while IFS= read -r line; do echo \"\$(date +%s.%N) \$line\"; done; echo \"\$(date +%s.%N) exited\""
-[ -f "$O/exit.log" ] && grep -E "done:|exited" "$O/exit.log"
+for r in b16 b256 all; do
+  [ -f "$W/$r/summary.json" ] && $PY -c "import json,sys; s=json.load(open('$W/$r/summary.json')); \
+print('$r', 'val %.2f dB / %.3f' % (s['val']['psnr'], s['val']['ssim']), 'converged', s['converged'], 'epochs', s['epochs_run'], \
+'pass_s', s['train_pass_s'], 'wall_s', s['train_time_s'], 'images/s', s['train_images_per_s'], 'batch', s['batch_size'], \
+'repeats', s['epoch_repeats'], 'peak MiB', s['peak_memory_mib'])"
+done | tee "$O/summary.txt"
 echo "total $(( $(date +%s) - START )) s"

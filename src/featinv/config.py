@@ -13,12 +13,14 @@ import yaml
 from .utils import PRECISIONS, FeatinvError, atomic_write_text, check_format  # PRECISIONS: utils checks --precision
 
 # 1: featinv 0.1.0 (no format key); 2: a top-level ``format`` key, the sections unchanged;
-# 3: ``data.train_crop`` and ``data.full_size_decay`` (formats 1 and 2 trained on crops of the full crop size).
-CONFIG_FORMAT = 3
+# 3: ``data.train_crop`` and ``data.full_size_decay`` (formats 1 and 2 trained on crops of the full crop size);
+# 4: ``data.preload`` and ``train.epoch_repeats`` (a run writes its batch size and learning rate resolved).
+CONFIG_FORMAT = 4
 
 DEFAULT_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 # The lists of choices, each defined once: the decoders and the CLI take them from here.
 SCHEDULES = ("plateau", "cosine", "constant")
+PRELOADS = ("auto", "on", "off")
 NORMS = ("batch", "none")
 UPSAMPLERS = ("resize", "lowres", "pixelshuffle", "convtranspose")
 FUSIONS = ("add", "concat")
@@ -64,6 +66,9 @@ class DataConfig:
                                     factory=list, metavar="DIR", path=True)
     max_images: Optional[int] = setting(None, "use at most N training images (after the split; quick runs)")
     num_workers: int = setting(-1, "data-loader workers; -1 picks from the CPU count", flag="--workers")
+    preload: str = setting("auto", "keep a prepared cache's images on the training device and make each batch there "
+                           "(crops, flips, jitter as batched tensor operations; no loader workers): on, off, or auto "
+                           "(on a GPU when the images take at most a third of its memory)", choices=PRELOADS)
     strict: bool = setting(False, "an unreadable image is an error, not a skip")
 
 
@@ -118,8 +123,13 @@ class TrainConfig:
     epochs: int = setting(40, "upper bound on epochs; the plateau schedule usually stops earlier")
     minutes: Optional[float] = setting(None, "time budget: stop when the training passes (validation excluded) have "
                                        "taken this long; the learning-rate schedule follows the budget")
-    batch_size: int = setting(16, "batch size")
-    lr: float = setting(1e-3, "peak learning rate")
+    batch_size: int = setting(0, "batch size per process; 0: 16 on a CPU, on a GPU 256 (128 with less than 40 GB "
+                              "of memory)")
+    lr: float = setting(0.0, "peak learning rate; 0: 1e-3 at a (global) batch of 16, scaled by the square root of "
+                        "the batch's ratio to 16 (batch 256: 4e-3)")
+    epoch_repeats: int = setting(0, "passes over the training photos per epoch (validation and the stopping rule "
+                                 "read once per epoch); 0: enough passes for 150 steps per epoch at batch sizes "
+                                 "above 16, else 1")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     schedule: str = setting("plateau", "learning-rate schedule after warm-up: plateau (constant until val PSNR stops "
                             "rising, then a short decay and stop: the convergence rule), cosine (over --epochs or "
@@ -265,8 +275,9 @@ def _positive(v: Any) -> bool:
 # (section, field, test, what it must be): validate_config names the field by its flag.
 RULES = [
     ("train", "epochs", lambda v: v >= 1, "at least 1"),
-    ("train", "batch_size", lambda v: v >= 1, "at least 1"),
-    ("train", "lr", _positive, "a positive number"),
+    ("train", "batch_size", lambda v: v >= 0, "at least 1 (or 0: by the device)"),
+    ("train", "lr", lambda v: v == 0 or _positive(v), "a positive number (or 0: by the batch size)"),
+    ("train", "epoch_repeats", lambda v: v >= 0, "at least 1 (or 0: by the batch size)"),
     ("train", "weight_decay", lambda v: v >= 0, ">= 0"),
     ("train", "plateau_epochs", lambda v: v >= 1, "at least 1"),
     ("train", "plateau_db", lambda v: v >= 0, ">= 0"),
@@ -315,6 +326,51 @@ def train_crop_size(cfg: RunConfig) -> int:
     if not d.train_crop or not d.augment or cfg.decoder.name == "seed":
         return d.image_size
     return min(d.train_crop, d.image_size)
+
+
+CPU_BATCH, GPU_BATCH, SMALL_GPU_BATCH = 16, 256, 128
+BASE_LR = 1e-3  # at batch CPU_BATCH
+MIN_EPOCH_STEPS = 150  # at batch sizes above CPU_BATCH (see epoch_repeats)
+
+
+def default_batch_size(device: Any) -> int:
+    """The batch size a ``torch.device`` trains with by default: 16 on a CPU; on a GPU 256, 128 when
+    it has less than 40 GB (the decay's 224-pixel crops at batch 256 need more than a T4's 15 GB)."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return CPU_BATCH
+    import torch
+
+    return GPU_BATCH if torch.cuda.get_device_properties(device).total_memory >= 40e9 else SMALL_GPU_BATCH
+
+
+def scaled_lr(batch_size: int) -> float:
+    """The default peak learning rate at ``batch_size``: the square-root rule for Adam (Malladi et
+    al. 2022), 1e-3 at batch 16."""
+    return BASE_LR * math.sqrt(batch_size / CPU_BATCH)
+
+
+def resolve_recipe(cfg: RunConfig, device: Any, world: int = 1) -> RunConfig:
+    """``cfg`` with the settings that follow the device filled in (batch size 0: per process;
+    learning rate 0: by the global batch of ``world`` processes), as config.yaml records them."""
+    t = cfg.train
+    batch = t.batch_size or default_batch_size(device)
+    lr = t.lr or scaled_lr(batch * world)
+    if (batch, lr) == (t.batch_size, t.lr):
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=batch, lr=lr))
+
+
+def epoch_repeats(cfg: RunConfig, n_images: int, world: int = 1) -> int:
+    """Passes over the ``n_images`` training photos per epoch: ``train.epoch_repeats``, or with 0, 1 at
+    batch sizes up to 16 and otherwise enough for MIN_EPOCH_STEPS steps per epoch, so that a large
+    batch on a small set still validates (and lets the stopping rule look) after as much training
+    as batch 16 on ~2,400 photos does, not after a handful of steps."""
+    t = cfg.train
+    if t.epoch_repeats:
+        return t.epoch_repeats
+    if t.batch_size <= CPU_BATCH:
+        return 1
+    return max(1, math.ceil(MIN_EPOCH_STEPS * t.batch_size * world / max(1, n_images)))
 
 
 def decay_crop_size(cfg: RunConfig) -> int:

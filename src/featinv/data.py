@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .cache import cache_array, is_cache, read_cache
 from .config import DataConfig
 from .images import (  # noqa: F401 - the image layer, importable from here as before
-    IMAGE_EXTENSIONS, Augment, ImageRecord, ImageSet, crop, list_folder, load_image, preprocess, probe_image,
+    IMAGE_EXTENSIONS, Augment, ImageRecord, ImageSet, crop, draws, list_folder, load_image, preprocess, probe_image,
 )
 from .utils import FeatinvError, default_num_workers, progress_enabled
 
@@ -117,9 +117,10 @@ def probe_records(records: Sequence[ImageRecord], skips: SkipLog) -> list[ImageR
 class ImageDataset(Dataset):
     """Decodes and crops images on demand.
 
-    Items are addressed by ``(index, epoch)`` (see :class:`EpochSampler`), so the random crop of
-    an image in an epoch is fixed by (seed, epoch, index): resumed runs replay it exactly, with
-    any number of loader workers. A file that fails to decode yields an ``error`` entry instead
+    Items are addressed by ``(index, pass)`` (see :class:`EpochSampler`), so the random crop of
+    an image in a pass is fixed by (seed, pass, index) (:func:`featinv.images.draws`): resumed
+    runs replay it exactly, with any number of loader workers, and :mod:`featinv.preload` makes
+    the same crops on the device. A file that fails to decode yields an ``error`` entry instead
     of an image; :func:`collate` moves those aside.
     """
 
@@ -144,18 +145,16 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: Union[int, tuple[int, int]]) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rec = self.records[index]
-        g = None
-        if self.train:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        u = draws(self.seed, epoch, index)[0] if self.train else None
         if rec.cache_index >= 0:
-
             pixels = torch.from_numpy(np.array(cache_array(str(rec.path))[rec.cache_index]))
-            return {"index": index, "image": crop(pixels.permute(2, 0, 1), self.image_size, self.train, g, self.augment), "label": rec.label}
+            return {"index": index, "image": crop(pixels.permute(2, 0, 1), self.image_size, self.train, u, self.augment),
+                    "label": rec.label}
         try:
             img = load_image(rec.path)
         except Exception as e:  # noqa: BLE001 - any decode failure is a skip, reported by name
             return {"index": index, "error": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__}
-        x = preprocess(img, self.image_size, self.resize, self.train, g, self.augment)
+        x = preprocess(img, self.image_size, self.resize, self.train, u, self.augment)
         return {"index": index, "image": x, "label": rec.label}
 
 
@@ -171,35 +170,41 @@ def collate(items: list[dict]) -> dict:
 
 
 class EpochSampler(Sampler):
-    """Yields ``(index, epoch)``; the order is a permutation fixed by (seed, epoch).
+    """Yields ``(index, pass)``; the order is a permutation fixed by (seed, pass).
 
-    ``start`` skips the first items of the epoch (counted over all ranks), so a run resumed
-    mid-epoch sees the rest. With ``world`` > 1 ranks the order is cut into global batches of
-    ``batch``·``world`` images, rank ``rank`` taking its ``batch`` of each: the same images, step
-    for step, as one process with the global batch. The order is padded (wrapping around to its
-    start) to whole global batches, so every rank runs the same number of steps.
+    An epoch is ``repeats`` passes over the images (timm's epoch repeats: a large batch on a small
+    set keeps enough steps per epoch), pass ``epoch * repeats + r`` each with its own order and
+    crops; with one pass, the pass is the epoch. ``start`` skips the first items of the epoch
+    (counted over all ranks), so a run resumed mid-epoch sees the rest. With ``world`` > 1 ranks
+    the order is cut into global batches of ``batch``·``world`` images, rank ``rank`` taking its
+    ``batch`` of each: the same images, step for step, as one process with the global batch. The
+    order is padded (wrapping around to its start) to whole global batches, so every rank runs the
+    same number of steps.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0, batch: int = 1, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, batch: int = 1, rank: int = 0, world: int = 1,
+                 repeats: int = 1) -> None:
         self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.batch, self.rank, self.world = batch, rank, world
+        self.batch, self.rank, self.world, self.repeats = batch, rank, world, repeats
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def order(self) -> list[int]:
-        if not self.shuffle:
-            order = list(range(self.n))
-        else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+    def order(self) -> list[tuple[int, int]]:
+        order: list[tuple[int, int]] = []
+        for p in range(self.epoch * self.repeats, (self.epoch + 1) * self.repeats):
+            if not self.shuffle:
+                order += [(i, p) for i in range(self.n)]
+            else:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+                order += [(i, p) for i in torch.randperm(self.n, generator=g).tolist()]
         if self.world > 1 and order:
             step = self.batch * self.world
             order += (order * step)[: -len(order) % step]
         return order
 
-    def _mine(self) -> list[int]:
+    def _mine(self) -> list[tuple[int, int]]:
         order = self.order()[self.start :]
         if self.world == 1:
             return order
@@ -207,8 +212,7 @@ class EpochSampler(Sampler):
         return [i for s in range(0, len(order), g) for i in order[s + self.rank * self.batch : s + (self.rank + 1) * self.batch]]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self._mine():
-            yield (i, self.epoch)
+        yield from self._mine()
 
     def __len__(self) -> int:
         return len(self._mine())
@@ -224,10 +228,11 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     persistent: bool = False,
+    repeats: int = 1,
 ) -> DataLoader:
     """Batches of ``dataset`` in :class:`EpochSampler` order (this rank's share of each global batch).
     ``persistent``: keep the workers between passes (a loader read every epoch); close such a
-    loader with :func:`close_loader` when done."""
+    loader with :func:`close_loader` when done. ``repeats``: passes over ``dataset`` per epoch."""
     workers = default_num_workers() if num_workers < 0 else num_workers
     # Few images: worker start-up costs more than it saves.
     if len(dataset) < 2 * batch_size:
@@ -235,7 +240,7 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world),
+        sampler=EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world, repeats),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

@@ -126,55 +126,85 @@ class Augment:
     color_jitter: float = 0.0
 
 
+DRAWS = 8  # uniform numbers per image and pass: area, ratio, top, left, flip, brightness, contrast, saturation
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def draws(seed: int, pass_: int, index: Union[int, np.ndarray]) -> np.ndarray:
+    """The augmentation's uniform numbers in [0, 1) for images ``index`` in pass ``pass_`` of a run
+    seeded ``seed``: len(index)×DRAWS, a counter-based generator (SplitMix64 of the three), so the
+    loader's one image at a time and :mod:`featinv.preload`'s whole epoch at once draw the same
+    numbers, on any device, and a resumed run replays them."""
+    idx = np.atleast_1d(np.asarray(index)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        key = _splitmix64(_splitmix64(np.array([seed % 2**64], dtype=np.uint64)) + np.uint64(pass_ % 2**64))
+        base = _splitmix64(key + idx)[:, None]
+        bits = _splitmix64(base + np.arange(DRAWS, dtype=np.uint64)[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def preprocess(
     img: Image.Image,
     image_size: int = 224,
     resize: int = 256,
     train: bool = False,
-    generator: Optional[torch.Generator] = None,
+    u: Optional[np.ndarray] = None,
     augment: Augment = Augment(),
 ) -> torch.Tensor:
     """Short side to ``resize`` (upscaling small images), then a ``image_size`` crop.
 
     Evaluation takes the center crop; training a random crop and a random horizontal flip (see
-    :class:`Augment`), drawn from ``generator`` so a run can replay them. Returns uint8 3×S×S.
+    :class:`Augment`), placed by ``u`` (one row of :func:`draws`) so a run can replay them.
+    Returns uint8 3×S×S.
     """
-    return crop(TF.resize(TF.pil_to_tensor(img), [resize], antialias=True), image_size, train, generator, augment)
+    return crop(TF.resize(TF.pil_to_tensor(img), [resize], antialias=True), image_size, train, u, augment)
 
 
-def _uniform(lo: float, hi: float, generator: Optional[torch.Generator]) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+def crop_window(h: int, w: int, image_size: int, u: np.ndarray, augment: Augment = Augment()) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the training crop that draws ``u`` place in an h×w image."""
+    ch = cw = image_size
+    if augment.crop_scale < 1.0:
+        area = (augment.crop_scale + (1.0 - augment.crop_scale) * u[0]) * min(h, w) ** 2
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
+        ch = min(h, max(8, round(math.sqrt(area / ratio))))
+        cw = min(w, max(8, round(math.sqrt(area * ratio))))
+    return int(u[2] * (h - ch + 1)), int(u[3] * (w - cw + 1)), ch, cw
+
+
+def jitter_factors(u: np.ndarray, strength: float) -> np.ndarray:
+    """Brightness, contrast and saturation factors in [1 - strength, 1 + strength] from draws ``u``."""
+    return 1.0 - strength + 2.0 * strength * u[..., 5:8]
 
 
 def crop(
     x: torch.Tensor,
     image_size: int,
     train: bool,
-    generator: Optional[torch.Generator] = None,
+    u: Optional[np.ndarray] = None,
     augment: Augment = Augment(),
 ) -> torch.Tensor:
-    """The ``image_size`` crop of a uint8 3×H×W image: centered, or random (see :class:`Augment`)."""
+    """The ``image_size`` crop of a uint8 3×H×W image: centered, or random (see :class:`Augment`),
+    placed, flipped and jittered by ``u``, one row of :func:`draws`."""
     h, w = x.shape[-2:]
     if min(h, w) < image_size:
         raise FeatinvError(f"image is {h}×{w}, smaller than the crop size {image_size} (prepare the cache at a larger --size).")
     if not train:
         return TF.center_crop(x, [image_size, image_size]).contiguous()
-    ch = cw = image_size
-    if augment.crop_scale < 1.0:
-        area = _uniform(augment.crop_scale, 1.0, generator) * min(h, w) ** 2
-        ratio = math.exp(_uniform(math.log(3 / 4), math.log(4 / 3), generator))
-        ch = min(h, max(8, round(math.sqrt(area / ratio))))
-        cw = min(w, max(8, round(math.sqrt(area * ratio))))
-    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+    if u is None:
+        u = np.random.default_rng().random(DRAWS)
+    top, left, ch, cw = crop_window(h, w, image_size, u, augment)
     x = x[:, top : top + ch, left : left + cw]
     if (ch, cw) != (image_size, image_size):
         x = TF.resize(x, [image_size, image_size], antialias=True)
-    if torch.rand((), generator=generator) < 0.5:
+    if u[4] < 0.5:
         x = x.flip(-1)
-    j = augment.color_jitter
-    if j > 0:
-        x = TF.adjust_brightness(x, _uniform(1 - j, 1 + j, generator))
-        x = TF.adjust_contrast(x, _uniform(1 - j, 1 + j, generator))
-        x = TF.adjust_saturation(x, _uniform(1 - j, 1 + j, generator))
+    if augment.color_jitter > 0:
+        b, c, s = jitter_factors(u, augment.color_jitter).tolist()
+        x = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, b), c), s)
     return x.contiguous()

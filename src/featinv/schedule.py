@@ -80,11 +80,21 @@ def decide_decay(
     return None
 
 
-def room_left(epochs_done: int, epoch_cap: int, budget_s: Optional[float], spent_s: float, cost: float = 1.0) -> int:
-    """Whole epochs that still fit under the epoch cap and, at ``cost`` times the mean epoch time so
-    far (the decay's epochs on larger crops cost more), the time budget."""
+def room_left(epochs_done: int, epoch_cap: int, budget_s: Optional[float], spent_s: float,
+              per_epoch_s: Optional[float], cost: float = 1.0) -> int:
+    """Whole epochs that still fit under the epoch cap and the time budget, each costing ``cost``
+    times ``per_epoch_s`` (an epoch's training-pass seconds, see :func:`epoch_cost`; the decay's
+    epochs on larger crops cost more). ``per_epoch_s`` None: not known yet, only the cap counts."""
     left = epoch_cap - epochs_done
-    if budget_s is None:
+    if budget_s is None or per_epoch_s is None:
         return left
-    per_epoch = max(cost * spent_s / max(1, epochs_done), 1e-9)
-    return min(left, int((budget_s - spent_s) / per_epoch))
+    return min(left, int((budget_s - spent_s) / max(cost * per_epoch_s, 1e-9)))
+
+
+def epoch_cost(pass_s: Sequence[float], recent: int = 3) -> Optional[float]:
+    """An epoch's training-pass seconds from ``pass_s``, this session's epochs of one kind (the
+    same crop size), oldest first: the median of the last ``recent`` after the first. The first
+    carries the start-up (loader workers, cuDNN's autotuning, compilation: 8× a steady epoch on a
+    GPU), so it is never the estimate; with only it, None (not known yet)."""
+    steady = list(pass_s[1:])[-recent:]
+    return sorted(steady)[len(steady) // 2] if steady else None

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence, Union
 
 from . import dist, report
 from .backbones import get_spec, resolve_layers
-from .config import INVERSIONS, SWEEP_METHODS, BackboneConfig, RunConfig, validate_config
+from .config import INVERSIONS, SWEEP_METHODS, BackboneConfig, RunConfig, resolve_recipe, validate_config
 from .data import SkipLog, split_for_config
 from .evaluate import Run, evaluate_loader, load_run, write_semantics
 from .invert import InvertConfig, invert_images, plain_extractor
@@ -195,6 +195,8 @@ def run_sweep(
     ``methods``: decoder, optimize and/or refine (``invert_cfg``: the searches' settings)."""
     out = Path(out)
     validate_config(base)
+    # the batch size and learning rate the runs will train with, so finished runs compare alike
+    base = resolve_recipe(base, resolve_device(base.train.device), dist.world_from_env().size)
     check_methods(methods)
     entries = plan(base, layer_sets, models)
     check_layers(entries)

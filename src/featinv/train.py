@@ -32,7 +32,9 @@ from torch.nn import functional as F
 from . import dist
 from ._version import __version__
 from .backbones import FeatureExtractor
-from .config import RunConfig, decay_crop_size, diff_configs, flag_of, train_crop_size, validate_config
+from .config import (
+    RunConfig, decay_crop_size, diff_configs, epoch_repeats, flag_of, resolve_recipe, train_crop_size, validate_config,
+)
 from .data import Augment, ImageDataset, ImageRecord, SkipLog, close_loader, make_loader, split_for_config, to_float
 from .decoders import build_decoder, count_parameters
 from .featurecache import FeatureCache
@@ -42,8 +44,9 @@ from .evaluate import (
 )
 from .figures import loss_curve, write_skipped
 from .losses import build_loss
+from .preload import PRELOAD_SHARE, DeviceImages, DeviceLoader, preload_blocker, preload_bytes
 from .rundir import CHECKPOINT_FORMAT, RunDir
-from .schedule import decide_decay, lr_factor, plateau_factor, room_left
+from .schedule import decide_decay, epoch_cost, lr_factor, plateau_factor, room_left
 from .utils import FeatinvError, autocast, console_messages, progress_enabled, resolve_device, resolve_precision
 
 log = logging.getLogger("featinv")
@@ -52,7 +55,7 @@ METRIC_FIELDS = ["epoch", "train_loss", "val_mse", "val_psnr", "val_ssim", "lr",
 # Keys a resumed run may change; anything else must match the saved config.
 RESUMABLE_CHANGES = {
     ("train", "epochs"), ("train", "device"), ("train", "checkpoint_every"), ("train", "patience"), ("train", "minutes"),
-    ("data", "num_workers"), ("data", "strict"),
+    ("data", "num_workers"), ("data", "strict"), ("data", "preload"),
 }
 
 
@@ -361,6 +364,7 @@ class Trainer:
         validate_config(cfg)
         t0 = time.perf_counter()
         self.device = resolve_device(cfg.train.device)
+        self.cfg = cfg = resolve_recipe(cfg, self.device, dist.world_from_env().size)  # batch size and lr by the device
         self.world = dist.init(self.device)
         check_output_dir(self.run, cfg, resume)
         dist.barrier()  # every rank has looked before rank 0 writes config.yaml
@@ -382,30 +386,71 @@ class Trainer:
         # Finite-loss checks sync the host (free on the CPU); under torchrun the ranks also agree
         # on stopping (a signal, the budget, a bad loss) at these steps.
         self.check_every = 1 if self.device.type == "cpu" else 20
+        self.epoch_complete = True  # the last epoch ran all its steps (not cut by the budget)
+        self.pass_times: dict[int, list[float]] = {}  # this session's training passes by crop size (the planner's)
 
     # ── building ──
     def _build_data(self) -> None:
         d, t = self.cfg.data, self.cfg.train
         self.skips = SkipLog(strict=d.strict)
         self.train_recs, self.val_recs = split_for_config(d, self.skips)
-        pin = self.device.type == "cuda"
+        self.repeats = epoch_repeats(self.cfg, len(self.train_recs), self.world.size)
+        self.images = self._preload()
         self.train_ds, self.train_loader = self._train_data(train_crop_size(self.cfg))
         # Validation is sharded: each rank scores a contiguous block, the rows are gathered.
         self.val_part = [self.val_recs[i] for i in dist.shard(len(self.val_recs), self.world)]
-        val_ds = ImageDataset(self.val_part, d.image_size, d.resize, train=False)
-        self.val_loader = make_loader(val_ds, t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin,
-                                      persistent=True)
-        self.steps_per_epoch = math.ceil(len(self.train_ds) / (t.batch_size * self.world.size))
+        self.val_loader = self.center_crops(self.val_part, persistent=True)
+        self.steps_per_epoch = math.ceil(len(self.train_ds) * self.repeats / (t.batch_size * self.world.size))
         self.decay_loader: Optional[Any] = None  # built when the final decay starts (data.full_size_decay)
+
+    def _preload(self) -> Optional[DeviceImages]:
+        """The run's photos on the training device (``data.preload``), or None: the loader reads them."""
+        d = self.cfg.data
+        if d.preload == "off":
+            return None
+        records = self.train_recs
+        why = preload_blocker(records, Augment(d.crop_scale, d.color_jitter))
+        if why is None and preload_blocker(records + self.val_recs, Augment()) is None:
+            records = records + self.val_recs  # val too, when it is in a prepared cache of the same size
+        if why is None and d.preload == "auto":
+            if self.device.type != "cuda":
+                return None
+            need, total = preload_bytes(records), torch.cuda.get_device_properties(self.device).total_memory
+            if need > PRELOAD_SHARE * total:
+                log.info("the images take %.1f GB, more than a third of the GPU's %.0f GB: the loader reads them",
+                         need / 1e9, total / 1e9)
+                return None
+        if why is not None:
+            if d.preload == "on":
+                raise FeatinvError(f"--preload on: {why}; use --preload off or auto.")
+            return None
+        t0 = time.perf_counter()
+        images = DeviceImages(records, self.device)
+        log.info("preloaded %d images (%.2f GB) onto %s in %.1f s", len(images.pixels),
+                 images.pixels.numel() / 1e9, self.device, time.perf_counter() - t0)
+        return images
+
+    def center_crops(self, records: list, persistent: bool = False, batch_size: Optional[int] = None) -> Any:
+        """Batches of ``records``' center crops (validation, precise BN, the train-photo score)."""
+        d, t = self.cfg.data, self.cfg.train
+        if self.images is not None and self.images.holds(records):
+            return DeviceLoader(self.images, records, d.image_size, batch_size or t.batch_size, train=False, shuffle=False)
+        return make_loader(ImageDataset(records, d.image_size, d.resize, train=False), batch_size or t.batch_size,
+                           shuffle=False, num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
+                           persistent=persistent)
 
     def _train_data(self, size: int) -> tuple[ImageDataset, Any]:
         """The training photos as ``size``-pixel crops, and their loader (this rank's share)."""
         d, t = self.cfg.data, self.cfg.train
-        ds = ImageDataset(self.train_recs, size, d.resize, train=d.augment, seed=t.seed,
-                          augment=Augment(d.crop_scale, d.color_jitter))
+        augment = Augment(d.crop_scale, d.color_jitter)
+        ds = ImageDataset(self.train_recs, size, d.resize, train=d.augment, seed=t.seed, augment=augment)
+        if self.images is not None:
+            return ds, DeviceLoader(self.images, self.train_recs, size, t.batch_size, train=d.augment, shuffle=True,
+                                    seed=t.seed, augment=augment, rank=self.world.rank, world=self.world.size,
+                                    repeats=self.repeats)
         return ds, make_loader(ds, t.batch_size, shuffle=True, seed=t.seed, num_workers=d.num_workers,
                                pin_memory=self.device.type == "cuda", rank=self.world.rank, world=self.world.size,
-                               persistent=True)
+                               persistent=True, repeats=self.repeats)
 
     def _build_models(self) -> None:
         cfg, device, seed = self.cfg, self.device, self.cfg.train.seed
@@ -436,11 +481,11 @@ class Trainer:
         self.loss_fn = build_loss(cfg.loss, cfg.backbone.name, cfg.backbone.weights, seed).to(device)
         ema = None
         if cfg.train.ema > 0:  # an average of the weights, batch-norm buffers included
-            from torch.optim.swa_utils import AveragedModel
-
-            ema = AveragedModel(decoder, multi_avg_fn=ema_update(cfg.train.ema), use_buffers=True)
+            ema = EMA(decoder, cfg.train.ema)
         t = cfg.train
-        opt = torch.optim.AdamW(decoder.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        # fused: one kernel for the whole update on a GPU (no per-tensor launches)
+        opt = torch.optim.AdamW(decoder.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                fused=True if device.type == "cuda" else None)
         self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
         self.plateau = t.schedule == "plateau"
         self.schedule = lr_factor(t.epochs * self.steps_per_epoch, self.warmup_steps, "constant" if self.plateau else t.schedule)
@@ -522,7 +567,7 @@ class Trainer:
         if self.budget_s is None and not self.plateau:
             s.sched.step()
         if s.ema is not None:
-            s.ema.update_parameters(s.decoder)
+            s.ema.update(s.decoder)
         return parts
 
     def run_epoch(self, epoch: int, first: int = 0) -> bool:
@@ -564,15 +609,24 @@ class Trainer:
             if self.checkpointer.due(done, self.steps_per_epoch):
                 self.checkpointer.mid_epoch(epoch, done)
             if out_of_time:
+                self.epoch_complete = done == self.steps_per_epoch
                 return True
+        self.epoch_complete = True
         return False
 
-    def loader_for(self, epoch: int) -> Any:
-        """The training loader of epoch ``epoch``: the decay's full-size crops once the plateau
+    def crop_of(self, epoch: int) -> int:
+        """The training crops' size in epoch ``epoch``: the decay's full-size crops once the plateau
         schedule's final decay has begun (``data.full_size_decay``), else the training crops. The
         decay starts at an epoch boundary, so an epoch never mixes the two."""
-        p, size = self.state.progress, decay_crop_size(self.cfg)
-        if size == train_crop_size(self.cfg) or p.decay_start is None or epoch * self.steps_per_epoch < p.decay_start:
+        p = self.state.progress
+        if p.decay_start is None or epoch * self.steps_per_epoch < p.decay_start:
+            return train_crop_size(self.cfg)
+        return decay_crop_size(self.cfg)
+
+    def loader_for(self, epoch: int) -> Any:
+        """The training loader of epoch ``epoch`` (crops of :meth:`crop_of`'s size)."""
+        size = self.crop_of(epoch)
+        if size == train_crop_size(self.cfg):
             return self.train_loader
         if self.decay_loader is None:
             log.info("the final decay trains on %d-pixel crops (--no-full-size-decay: on the training crops)", size)
@@ -616,9 +670,13 @@ class Trainer:
         # Equal shards: on GPUs the batch norms are synchronised (SyncBatchNorm), so every rank
         # must run as many batches, or the one with an extra batch waits forever.
         recs = recs[: max(self.world.size, len(recs) - len(recs) % self.world.size)]
-        loader = make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
-                             num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
-                             rank=self.world.rank, world=self.world.size)
+        if self.images is not None:
+            loader = DeviceLoader(self.images, recs, d.image_size, t.batch_size, train=False, shuffle=False,
+                                  rank=self.world.rank, world=self.world.size)
+        else:
+            loader = make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
+                                 num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
+                                 rank=self.world.rank, world=self.world.size)
         norms = recalibrate_norms(self.state.scored, self.extractor, loader, self.device, self.precision, t.channels_last)
         if self.world.distributed:  # each rank saw its share: the mean of the ranks' statistics
             for m in norms:
@@ -695,10 +753,13 @@ class Trainer:
     def plan_decay(self, history: list[dict[str, Any]], epochs_done: int) -> None:
         """The plateau schedule's decision after an epoch (see :func:`featinv.schedule.decide_decay`)."""
         t, p = self.cfg.train, self.state.progress
-        train_s = dist.max_over_ranks([self.state.clock.train_s])[0]  # the ranks decide alike
-        # Epochs on full-size crops cost about their pixels' ratio to the training crops'.
-        cost = (decay_crop_size(self.cfg) / train_crop_size(self.cfg)) ** 2
-        room = room_left(epochs_done, t.epochs, self.budget_s, train_s, cost)
+        # The ranks decide alike: the slowest rank's clock and estimate.
+        known = epoch_cost(self.pass_times.get(train_crop_size(self.cfg), []))
+        train_s, per_epoch = dist.max_over_ranks([self.state.clock.train_s, -1.0 if known is None else known])
+        # The decay's full-size crops: their own recent epochs, else their pixels' ratio to the training crops'.
+        decay = epoch_cost(self.pass_times.get(decay_crop_size(self.cfg), []))
+        cost = (decay / per_epoch if decay and per_epoch > 0 else (decay_crop_size(self.cfg) / train_crop_size(self.cfg)) ** 2)
+        room = room_left(epochs_done, t.epochs, self.budget_s, train_s, per_epoch if per_epoch > 0 else None, cost)
         decay = decide_decay([float(r["val_psnr"]) for r in history], room, t.plateau_epochs, t.plateau_db, t.decay_epochs)
         if decay is None:
             return
@@ -715,13 +776,14 @@ class Trainer:
         to go on; a signal raises :class:`TrainingInterrupted` (the checkpoint is written)."""
         t, p = self.cfg.train, self.state.progress
         last = epoch == t.epochs - 1
-        if out_of_time:
-            log.info("time budget of %g minutes spent after %d epoch(s)", t.minutes, epoch + 1)
-            return "time budget"
-        if self.decay_done(epoch + 1):
+        # A decay planned to end with the budget spends it on its last step: it ended the run.
+        if self.decay_done(epoch + 1) and (not out_of_time or self.epoch_complete):
             reason = "converged" if p.converged else "decayed at the budget's end"
             log.info("the final learning-rate decay is done after epoch %d (%s)", epoch + 1, reason)
             return reason
+        if out_of_time:
+            log.info("time budget of %g minutes spent after %d epoch(s)", t.minutes, epoch + 1)
+            return "time budget"
         if (sig := self.agreed_signal()) is not None and not last:
             raise TrainingInterrupted(
                 f"stopped by {sig} after epoch {epoch + 1}; checkpoint saved. "
@@ -777,6 +839,7 @@ class Trainer:
             # The whole epoch's time, across sessions when it was resumed mid-way, so the
             # images/s of that row counts the same images over the same span.
             train_time = s.clock.end_training_pass()
+            self.pass_times.setdefault(self.crop_of(epoch), []).append(train_time)
             final = epoch == t.epochs - 1 or out_of_time or self.decay_done(epoch + 1)
             if final and t.precise_bn:
                 self.recalibrate_norms()
@@ -831,12 +894,9 @@ class Trainer:
     def score_train_photos(self) -> Evaluation:
         """Center crops of as many training photos as there are val photos, scored the same way:
         the gap between the two shows how much the decoder overfits."""
-        d, t = self.cfg.data, self.cfg.train
         recs = self.train_recs[: len(self.val_recs)]
         part = [recs[i] for i in dist.shard(len(recs), self.world)]
-        loader = make_loader(ImageDataset(part, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
-                             num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
-        return self.evaluate_part(loader, part, SkipLog(), desc="score train photos")
+        return self.evaluate_part(self.center_crops(part), part, SkipLog(), desc="score train photos")
 
     def write_outputs(self, ev: Evaluation) -> None:
         d, run, title = self.cfg.data, self.run, run_title(self.cfg, self.extractor.weights_info["weights"])
@@ -887,8 +947,24 @@ class Trainer:
             "train_time_s": round(s.clock.elapsed(), 2),
             "train_pass_s": round(train_s, 2),
             # training passes only (validation excluded), the backbone's forward pass included
-            "train_images_per_s": round(len(self.rows) * len(self.train_ds) / train_s, 2) if train_s > 0 else None,
+            "train_images_per_s": round(len(self.rows) * len(self.train_ds) * self.repeats / train_s, 2) if train_s > 0 else None,
+            "batch_size": cfg.train.batch_size,
+            "epoch_repeats": self.repeats,
+            "preloaded": self.images is not None,
+            "peak_memory_mib": peak_memory_mib(device),
         }
+
+
+def peak_memory_mib(device: torch.device) -> Optional[int]:
+    """The process's peak memory so far: allocated on a GPU, resident on the CPU (None: unknown)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+    except (ImportError, AttributeError):
+        return None
 
 
 def train(
@@ -955,6 +1031,43 @@ def ema_update(decay: float) -> Callable[..., None]:
                 a.copy_(c)
 
     return update
+
+
+class EMA(nn.Module):
+    """An exponential moving average of a model's weights and buffers, decayed by :func:`ema_decay`.
+
+    The state dict is :class:`torch.optim.swa_utils.AveragedModel`'s (``module.*``, ``n_averaged``),
+    so checkpoints read either way; but the count of updates lives on the host, where
+    AveragedModel reads its device tensor every step (a host round-trip per step on a GPU), and
+    one fused ``_foreach_lerp_`` averages every floating tensor."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        import copy
+
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long, device=device))
+        self.updates = 0
+
+    def _tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        return [*model.parameters(), *model.buffers()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        averaged, current = self._tensors(self.module), self._tensors(model)
+        if self.updates == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            ema_update(self.decay)(averaged, current, self.updates)
+        self.updates += 1
+        self.n_averaged.add_(1)
+
+    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state, strict=strict, assign=assign)
+        self.updates = int(self.n_averaged)  # once, on loading
+        return result
 
 
 def recalibrate_norms(model: nn.Module, extractor: nn.Module, loader: Any, device: torch.device,
