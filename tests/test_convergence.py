@@ -81,9 +81,10 @@ def test_an_epochs_cost_leaves_out_the_start_up():
     assert epoch_cost([40.0, 5.0, 7.0]) in (5.0, 7.0)
 
 
-def _budget_run(samples, out, monkeypatch, first_slow: float, minutes: float):
-    """A real Trainer under a scripted clock: a training step costs 1 s, those of the first epoch
-    ``first_slow`` s (its start-up); val PSNR keeps rising, so only the budget ends the run."""
+def _budget_run(samples, out, monkeypatch, first_slow: float, minutes: float, full_size_decay: bool = False):
+    """A real Trainer under a scripted clock: a training step costs 1 s on 128-pixel crops (its
+    pixels' ratio on the decay's 224-pixel ones), those of the first epoch ``first_slow`` s (its
+    start-up); val PSNR keeps rising, so only the budget ends the run."""
     import types
 
     import featinv.train as T
@@ -94,7 +95,7 @@ def _budget_run(samples, out, monkeypatch, first_slow: float, minutes: float):
 
     class Scripted(Trainer):
         def train_step(self, x, index, step):
-            clock["t"] += first_slow if step < self.steps_per_epoch else 1.0
+            clock["t"] += first_slow if step < self.steps_per_epoch else (x.shape[-1] / 128) ** 2
             return super().train_step(x, index, step)
 
         def validate(self, final):
@@ -105,7 +106,7 @@ def _budget_run(samples, out, monkeypatch, first_slow: float, minutes: float):
     cfg = tiny_config(samples / "train", samples / "val", epochs=60, schedule="plateau", minutes=minutes,
                       decay_epochs=3, warmup_epochs=0.0, precise_bn=False)
     cfg.data.max_images, cfg.train.batch_size, cfg.train.num_save = 3, 1, 0
-    cfg.data.full_size_decay = False
+    cfg.data.train_crop, cfg.data.full_size_decay = 128, full_size_decay
     return Scripted(cfg, out).fit()
 
 
@@ -119,6 +120,32 @@ def test_a_slow_first_epoch_does_not_shorten_a_budgeted_run(samples, tmp_path, m
     assert len(rows) >= 10 and float(rows[-1]["lr"]) < 0.1 * float(rows[0]["lr"])  # the decay ran to its end
     even = _budget_run(samples, tmp_path / "even", monkeypatch, first_slow=1.0, minutes=0.5)
     assert even["train_pass_s"] >= 0.9 * 30 and even["stop_reason"] == "decayed at the budget's end"
+
+
+def test_a_budgeted_run_with_dearer_decay_epochs_leaves_less_than_an_epoch_over(samples, tmp_path, monkeypatch):
+    """Epochs of 3 s, the decay's on full-size crops of 9.2 s, a 60 s budget: the decay starts at the
+    last epoch after which waiting would shorten it (>= 90% used; starting it once three decay
+    epochs fit, as before, left 8.4 s over: 86%)."""
+    s = _budget_run(samples, tmp_path / "r", monkeypatch, first_slow=1.0, minutes=1.0, full_size_decay=True)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    assert s["train_pass_s"] >= 0.9 * 60 and s["stop_reason"] == "decayed at the budget's end"
+    assert len(rows) == 13  # 10 epochs of 3 s, then 3 of 9.2 s
+
+
+@pytest.mark.parametrize("room, wait, expected", [
+    (40, 39, None),     # far from the cap
+    (3, 2, 3),          # the epoch cap: its last three epochs
+    (5, 3, None),       # a constant-rate epoch more still leaves a whole decay
+    (4, 2, 3),          # one more would shorten the decay: now
+    (2, 1, 2),          # less than a decay left: what fits
+    (0, 0, None),       # nothing fits: the budget's hard stop ends the run
+])
+def test_the_budget_starts_the_decay_when_waiting_would_shorten_it(room, wait, expected):
+    from featinv.schedule import decide_decay
+
+    rising = [10.0 + i for i in range(20)]
+    decay = decide_decay(rising, room, window=4, min_gain=0.1, decay_epochs=3, room_after_next=wait)
+    assert (decay.epochs if decay else None) == expected and (decay is None or not decay.converged)
 
 
 def test_full_size_decay_trains_the_decay_epochs_on_full_crops(samples, tmp_path):
@@ -259,3 +286,49 @@ def test_bad_recipe_values_are_one_sentence(samples, tmp_path, capsys, flag, val
         code = e.code
     assert code == 2
     assert words in capsys.readouterr().err
+
+
+def test_the_batch_size_and_learning_rate_follow_the_device(monkeypatch):
+    """Batch 16 on a CPU, 256 on a GPU of 40 GB or more, 128 below; lr 1e-3 × √(global batch / 16);
+    values given are kept; an epoch at a large batch makes enough passes for 150 steps."""
+    import types
+
+    from featinv.config import RunConfig, default_batch_size, epoch_repeats, resolve_recipe
+
+    cpu = torch.device("cpu")
+    assert default_batch_size(cpu) == 16
+    for memory, batch in ((141e9, 256), (15e9, 128)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, m=memory: types.SimpleNamespace(total_memory=m))
+        assert default_batch_size(torch.device("cuda")) == batch
+    r = resolve_recipe(RunConfig(), cpu)
+    assert (r.train.batch_size, r.train.lr) == (16, pytest.approx(1e-3))
+    r = resolve_recipe(RunConfig(), torch.device("cuda"))  # the 15 GB GPU of the loop above
+    assert (r.train.batch_size, r.train.lr) == (128, pytest.approx(1e-3 * 8 ** 0.5))
+    given = RunConfig()
+    given.train.batch_size, given.train.lr = 64, 5e-4
+    assert resolve_recipe(given, cpu).train.lr == 5e-4
+    given.train.lr = 0.0
+    assert resolve_recipe(given, cpu, world=4).train.lr == pytest.approx(4e-3)  # global batch 256
+    big = resolve_recipe(RunConfig(), cpu)
+    big.train.batch_size = 256
+    assert epoch_repeats(big, 2437) == 16 and epoch_repeats(big, 45_000) == 1
+    assert epoch_repeats(resolve_recipe(RunConfig(), cpu), 900) == 1  # the CPU recipe: one pass
+    big.train.epoch_repeats = 3
+    assert epoch_repeats(big, 2437) == 3
+
+
+def test_an_epoch_of_repeats_passes_over_every_photo_that_often(samples, tmp_path):
+    """--epoch-repeats 3: each epoch trains on every photo three times, each time with its own crop."""
+    seen: list = []
+
+    class Recording(Trainer):
+        def train_step(self, x, index, step):
+            seen.append((step // self.steps_per_epoch, tuple(index.tolist())))
+            return super().train_step(x, index, step)
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=2, epoch_repeats=3)
+    cfg.data.max_images, cfg.train.batch_size, cfg.train.num_save = 3, 1, 0
+    s = Recording(cfg, tmp_path / "r").fit()
+    per_epoch = [sorted(i for e, b in seen if e == k for i in b) for k in range(2)]
+    assert per_epoch == [[0, 0, 0, 1, 1, 1, 2, 2, 2]] * 2
+    assert s["epoch_repeats"] == 3 and s["epochs_run"] == 2

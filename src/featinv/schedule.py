@@ -69,14 +69,19 @@ class Decay:
 
 
 def decide_decay(
-    psnr_history: Sequence[float], room_epochs: int, window: int, min_gain: float, decay_epochs: int
+    psnr_history: Sequence[float], room_epochs: int, window: int, min_gain: float, decay_epochs: int,
+    room_after_next: Optional[int] = None,
 ) -> Optional[Decay]:
-    """Whether the plateau schedule starts its final decay now. ``room_epochs``: whole epochs the
-    budgets (epoch cap, time) still allow. None: keep the constant rate."""
+    """Whether the plateau schedule starts its final decay now. ``room_epochs``: whole decay epochs
+    the budgets (epoch cap, time) still allow; ``room_after_next``: the same after one more epoch at
+    the constant rate (default ``room_epochs - 1``, the epoch cap's count). The budget starts the
+    decay at the last epoch after which waiting would shorten it, so that less than one constant-
+    rate epoch of the budget is left over. None: keep the constant rate."""
     if plateaued(psnr_history, window, min_gain):
         return Decay(max(1, min(decay_epochs, room_epochs)), True)
-    if 0 < room_epochs <= decay_epochs:  # the budget ends soon and PSNR still rises: flagged
-        return Decay(room_epochs, False)
+    wait = room_epochs - 1 if room_after_next is None else room_after_next
+    if room_epochs > 0 and wait < min(decay_epochs, room_epochs):  # the budget ends soon, PSNR still rises: flagged
+        return Decay(min(decay_epochs, room_epochs), False)
     return None
 
 

@@ -757,10 +757,15 @@ class Trainer:
         known = epoch_cost(self.pass_times.get(train_crop_size(self.cfg), []))
         train_s, per_epoch = dist.max_over_ranks([self.state.clock.train_s, -1.0 if known is None else known])
         # The decay's full-size crops: their own recent epochs, else their pixels' ratio to the training crops'.
-        decay = epoch_cost(self.pass_times.get(decay_crop_size(self.cfg), []))
-        cost = (decay / per_epoch if decay and per_epoch > 0 else (decay_crop_size(self.cfg) / train_crop_size(self.cfg)) ** 2)
-        room = room_left(epochs_done, t.epochs, self.budget_s, train_s, per_epoch if per_epoch > 0 else None, cost)
-        decay = decide_decay([float(r["val_psnr"]) for r in history], room, t.plateau_epochs, t.plateau_db, t.decay_epochs)
+        decay_s = epoch_cost(self.pass_times.get(decay_crop_size(self.cfg), []))
+        pixels = (decay_crop_size(self.cfg) / train_crop_size(self.cfg)) ** 2
+        cost = decay_s / per_epoch if decay_s and per_epoch > 0 else pixels
+        known_s = per_epoch if per_epoch > 0 else None
+        room = room_left(epochs_done, t.epochs, self.budget_s, train_s, known_s, cost)
+        # the same after one more epoch at the constant rate (of known_s seconds)
+        wait = room_left(epochs_done + 1, t.epochs, self.budget_s, train_s + (known_s or 0.0), known_s, cost)
+        decay = decide_decay([float(r["val_psnr"]) for r in history], room, t.plateau_epochs, t.plateau_db,
+                             t.decay_epochs, wait)
         if decay is None:
             return
         if decay.converged:
