@@ -21,6 +21,7 @@ from conftest import tiny_config
     ([13.0, 13.1, 13.0, 13.1, 13.0, 13.6, 13.0, 13.1, 13.0, 13.1, 13.0, 13.1], True),  # ... for one window at most
     ([12.0, 12.5, 12.9, 13.2, 12.6, 13.3, 13.4, 13.45], False),                 # an unlucky one does not fire it
     ([13.0] * 7, False),                                                        # too short to tell
+    ([10.0] * 4 + [10.12] * 4, False),  # a step of 0.12 dB: disjoint windows see all of it (overlapping ones 0.09)
 ])
 def test_plateau_rule(history, expected):
     assert plateaued(history, window=4, min_gain=0.1) is expected

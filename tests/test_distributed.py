@@ -64,7 +64,46 @@ def test_two_processes_end_as_one_with_the_same_global_batch(samples, tmp_path):
     assert s2["val_images"] == 3 and len(read_rows_csv(two / "results" / "per_image.csv")) == 3
     assert s2["val"]["psnr"] == pytest.approx(s1["val"]["psnr"], abs=1e-4)
     assert s2["train_eval"]["n_images"] == 3
+    # the reference lines per image, not per shard (shards of 2 and 1 photos weigh them differently)
+    assert s2["reference"].keys() == s1["reference"].keys()
+    for line, scores in s1["reference"].items():
+        for k, v in scores.items():
+            assert s2["reference"][line][k] == pytest.approx(v, rel=1e-4, abs=1e-6), (line, k)
     assert "[rank 1]" not in r2.stderr.replace("[rank 1] featinv", "")  # rank 1 says nothing unless something is wrong
+
+
+STOP_AT_STEP = """
+import sys
+import featinv.train as T
+real = T.Trainer.train_step
+def train_step(self, x, index, step):
+    parts = real(self, x, index, step)
+    if step == int(sys.argv[1]):  # both ranks ask to stop after this global step, as a signal would
+        self.signals.signal = "SIGINT"
+    return parts
+T.Trainer.train_step = train_step
+from featinv.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_run_stopped_mid_epoch_resumes_with_the_right_batches(samples, tmp_path):
+    """Two ranks stopped after the first of epoch 2's two steps, then resumed: the run ends with the
+    uninterrupted two-rank run's weights (the resume position counts the batches of both ranks)."""
+    script = tmp_path / "stop_at_step.py"
+    script.write_text(STOP_AT_STEP)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    r = _run(_torchrun(2, "-m", "featinv", *_train_args(samples, whole, 2, 3)))
+    assert r.returncode == 0, r.stderr
+    r = _run(_torchrun(2, str(script), "2", *_train_args(samples, cut, 2, 3)))  # steps 0, 1: epoch 1; 2: epoch 2
+    assert r.returncode != 0 and "checkpoint saved" in r.stderr
+    ckpt = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 1)  # mid-epoch
+    r = _run(_torchrun(2, "-m", "featinv", "train", "--out", str(cut), "--resume"))
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(str(whole / "decoder.safetensors")), load_file(str(cut / "decoder.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
 def read_rows_csv(path: Path) -> list[dict]:

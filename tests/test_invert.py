@@ -55,6 +55,20 @@ def test_refine_never_returns_an_iterate_worse_than_its_start(extractor, photos)
         assert torch.all(fe <= before + 1e-7)
 
 
+def test_the_returned_image_is_the_one_with_the_returned_error(extractor, photos):
+    """The image search returns is the best iterate, not the last: its recomputed feature error is
+    the error returned, and never above the start's, also when every step makes things worse."""
+    x = photos
+    start = M.bicubic_thumbnail(x, 8)
+    target = _target(extractor, x)
+    before = M.mean_over_taps(feature_error(extractor, start, target))
+    for lr in (0.01, 2.0):
+        best, fe, _ = search(extractor, target, start, InvertConfig(steps=6, lr=lr, tv_weight=0.0))
+        again = M.mean_over_taps(feature_error(extractor, best, target))
+        assert torch.allclose(again, fe, rtol=1e-4, atol=1e-7)
+        assert torch.all(again <= before + 1e-7)
+
+
 def test_a_batch_gives_what_its_images_give_one_by_one(extractor, photos):
     """Per-image objectives summed, per-image best iterates, per-image starts: the batch differs
     from one-by-one runs only by convolution rounding, which Adam can amplify where a gradient is

@@ -40,6 +40,11 @@ def test_sweep_writes_every_file_with_the_runs_numbers(tiny_sweep):
     assert [float(t["psnr"]) for t in table] == [r["psnr"] for r in rows]
     md = (out / "summary.md").read_text()
     assert f"{rows[0]['psnr']:.2f} ± {rows[0]['psnr_std']:.2f}" in md
+    # each row's thumbnail line is at its own stride, in the table and the report
+    lines = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| resnet50")}
+    assert "x4:" in lines["stage1"] and "x16:" in lines["stage3"] and "x4:" not in lines["stage3"]
+    html = (out / "report.html").read_text()
+    assert "bicubic x16 thumbnail" in html and "bicubic x4 thumbnail" in html
 
 
 def test_running_the_sweep_again_skips_finished_configurations(tiny_sweep, monkeypatch):
@@ -128,6 +133,19 @@ def test_a_finished_run_with_other_settings_is_not_reused(tiny_sweep, capsys):
     assert main(changed) == 2
     assert "train.epochs" in capsys.readouterr().err
     assert (out / "sweep.json").read_text() == plan  # refused before writing anything
+
+
+@pytest.mark.parametrize("flag, value, key", [("--width", "24", "decoder.width"), ("--decoder", "pyramid", "decoder.name"),
+                                             ("--loss", "l1=1", "loss.l1")])
+def test_a_finished_run_trained_with_another_decoder_or_loss_is_not_reused(tiny_sweep, capsys, flag, value, key):
+    """Not only the data and training settings: a finished run whose decoder or loss differs from
+    what the sweep asks for is refused, naming the setting, before anything is written."""
+    out, argv = tiny_sweep
+    changed = [*argv, flag, value]
+    plan = (out / "sweep.json").read_text()
+    assert main(changed) == 2
+    assert key in capsys.readouterr().err
+    assert (out / "sweep.json").read_text() == plan
 
 
 def test_a_sweep_with_three_methods_writes_every_row_and_figure(samples, tmp_path, capsys):

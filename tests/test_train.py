@@ -83,6 +83,50 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run):
     assert_same_run(out, tiny_run)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_a_resumed_run_keeps_its_learning_rate_schedule(tmp_path, samples, schedule):
+    """Interrupted after epoch 1 of 3 and resumed, a cosine (or constant) run has the uninterrupted
+    run's learning rate in every epoch and ends with its weights: the scheduler's state is restored,
+    not restarted (a warm-up over 1.5 epochs, so the constant schedule has a state to lose too)."""
+    cfg = tiny_config(samples / "train", samples / "val", epochs=3, schedule=schedule, warmup_epochs=1.5)
+    cfg.data.max_images, cfg.train.num_save = 6, 0
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    Trainer(cfg, whole).fit()
+
+    class InterruptInEpoch2(Trainer):
+        calls = 0
+
+        def validate(self, final):
+            InterruptInEpoch2.calls += 1
+            if InterruptInEpoch2.calls == 2:
+                raise KeyboardInterrupt
+            return super().validate(final)
+
+    with pytest.raises(KeyboardInterrupt):
+        InterruptInEpoch2(cfg, cut).fit()
+    resume_counting_steps(cut)
+    assert [r["lr"] for r in read_rows(cut)] == [r["lr"] for r in read_rows(whole)]
+    assert_same_run(cut, whole)
+
+
+def test_the_mean_image_line_is_the_mean_of_the_training_photos(tiny_run):
+    """The mean-image reference of summary.json is the checkpoint's mean training image scored on
+    the val photos (the val photos' own mean scores ~1 dB higher on the bundled set)."""
+    from featinv import metrics as M
+    from featinv.data import ImageDataset, find_images, to_float
+    from featinv.rundir import RunDir
+
+    mean = RunDir(tiny_run).mean_image()
+    cfg = RunDir(tiny_run).read_config()
+    val = find_images(cfg.data.val_data).records
+    ds = ImageDataset(val, cfg.data.image_size, cfg.data.resize, train=False)
+    x = to_float(torch.stack([ds[i]["image"] for i in range(len(val))]), torch.device("cpu"))
+    scores = M.score(mean.expand_as(x).contiguous(), x)
+    reference = json.loads((tiny_run / "summary.json").read_text())["reference"]["mean_image"]
+    assert float(scores["psnr"].mean()) == pytest.approx(reference["psnr"], abs=1e-4)
+    assert float(scores["ssim"].mean()) == pytest.approx(reference["ssim"], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
