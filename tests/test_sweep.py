@@ -182,3 +182,11 @@ def test_a_sweep_with_three_methods_writes_every_row_and_figure(samples, tmp_pat
     assert main([*argv[:-4], "--methods", "decoder", "dream"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("featinv: error: --methods takes decoder, optimize, refine")
+
+
+def test_a_sweep_of_a_missing_folder_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--data", str(tmp_path / "nope"), "--out", str(out), "--weights", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "sweep 1/" not in err
+    assert not out.exists()

@@ -58,10 +58,8 @@ def test_evaluate_and_reconstruct_commands(tiny_run, samples, tmp_path, capsys):
     assert len(list((tmp_path / "rec").glob("reconstruction_*.png"))) == 2
 
 
-def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run):
-    """Interrupt a run in epoch 2, resume it: it restarts at epoch 2 and ends with the same
-    weights as the uninterrupted `tiny_run` (same config)."""
-    out = tmp_path / "interrupted"
+def interrupted_in_epoch_2(cfg, out) -> Trainer:
+    """A trainer that is interrupted (Ctrl-C) when it validates epoch 2: epoch 1's checkpoint stays."""
 
     class InterruptInEpoch2(Trainer):
         calls = 0
@@ -72,8 +70,16 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run):
                 raise KeyboardInterrupt
             return super().validate(final)
 
+    return InterruptInEpoch2(cfg, out)
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, samples, tiny_run):
+    """Interrupt a run in epoch 2, resume it: it restarts at epoch 2 and ends with the same
+    weights as the uninterrupted `tiny_run` (same config)."""
+    out = tmp_path / "interrupted"
+
     with pytest.raises(KeyboardInterrupt):
-        InterruptInEpoch2(tiny_config(samples / "train", samples / "val"), out).fit()
+        interrupted_in_epoch_2(tiny_config(samples / "train", samples / "val"), out).fit()
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     before = read_rows(out)
     _, steps = resume_counting_steps(out)
@@ -93,17 +99,8 @@ def test_a_resumed_run_keeps_its_learning_rate_schedule(tmp_path, samples, sched
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     Trainer(cfg, whole).fit()
 
-    class InterruptInEpoch2(Trainer):
-        calls = 0
-
-        def validate(self, final):
-            InterruptInEpoch2.calls += 1
-            if InterruptInEpoch2.calls == 2:
-                raise KeyboardInterrupt
-            return super().validate(final)
-
     with pytest.raises(KeyboardInterrupt):
-        InterruptInEpoch2(cfg, cut).fit()
+        interrupted_in_epoch_2(cfg, cut).fit()
     resume_counting_steps(cut)
     assert [r["lr"] for r in read_rows(cut)] == [r["lr"] for r in read_rows(whole)]
     assert_same_run(cut, whole)
@@ -372,3 +369,17 @@ def test_each_validation_is_scored_with_statistics_of_training_photos(tmp_path, 
     cfg.train.val_bn_images = images
     Probe(cfg, tmp_path / "run").fit()
     assert seen == [images > 0] * 2
+
+
+def test_more_epochs_for_a_finished_run_are_refused_in_one_sentence(tiny_run, tmp_path, capsys):
+    """A finished run's decay took its learning rate to zero: `--resume --epochs 4` would train
+    nothing and leave summary.json saying 4 epochs over 2 rows; it is refused, nothing rewritten."""
+    import shutil
+
+    run = tmp_path / "finished"
+    shutil.copytree(tiny_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["-q", "train", "--out", str(run), "--resume", "--epochs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "already finished after 2 epochs" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

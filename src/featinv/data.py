@@ -73,6 +73,17 @@ def find_images(root: Union[str, Path]) -> ImageSet:
     return list_folder(root)
 
 
+def check_data_paths(cfg: DataConfig) -> None:
+    """The folders and files a data config names exist, in one sentence for the first that does
+    not: a cheap look before anything is written or loaded (:func:`split_for_config` reads them)."""
+    named = [("--data", cfg.data), ("--val-data", cfg.val_data), *(("--extra-data", e) for e in cfg.extra_data)]
+    for flag, path in named:
+        if path and not Path(path).expanduser().exists():
+            raise FeatinvError(f"{flag} {path} does not exist.")
+    if cfg.split_file and not Path(cfg.split_file).is_file():
+        raise FeatinvError(f"split file {cfg.split_file} does not exist.")
+
+
 def hash_fraction(relpath: str) -> float:
     """A number in [0,1) fixed by the file's relative path alone."""
     return int.from_bytes(hashlib.sha1(relpath.encode("utf-8")).digest()[:8], "big") / 2**64

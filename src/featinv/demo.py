@@ -1,4 +1,4 @@
-"""`featinv demo`: what each depth keeps, offline, in about a minute on a CPU.
+"""`featinv demo`: what each depth keeps, offline, on a CPU.
 
 Two parts. (1) The decoders that ship with the package (one per stage of EfficientNet-Lite0,
 trained on ImageNet and other photos) reconstruct the bundled held-out photos: one figure, one
@@ -109,7 +109,8 @@ def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 15, device: s
     cfg.notes = notes
     summary = train(cfg, out / "run")
     run = load_run(out / "run", device=device)
-    metrics = evaluate_run(run, data=sample_images_dir() / "val", out=out / "evaluation", num_save=3)
+    metrics = evaluate_run(run, data=sample_images_dir() / "val", out=out / "evaluation", num_save=3,
+                           data_label="the 3 bundled held-out photos")
     files = reconstruct_files(run, sorted((sample_images_dir() / "val").glob("*.jpg")), out / "reconstructions")
     elapsed = time.perf_counter() - t0
     lines = ["", f"featinv demo finished in {elapsed:.0f} s."]

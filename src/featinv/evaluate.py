@@ -176,9 +176,13 @@ def save_extremes(
     title: str = "",
 ) -> None:
     """``results/best_worst.png``: the ``k`` best and ``k`` worst images by PSNR (best first),
-    reconstructed again: where a decoder succeeds and where it fails, not only the first few."""
+    reconstructed again: where a decoder succeeds and where it fails, not only the first few. With
+    fewer than ``2k`` images each side gets half of them (each image once); with one, no figure."""
     ranked = sorted(per_image, key=lambda r: -r["psnr"])
-    files = list(dict.fromkeys([r["file"] for r in ranked[:k]] + [r["file"] for r in ranked[-k:]]))
+    k = min(k, len(ranked) // 2)
+    if k == 0:
+        return
+    files = [r["file"] for r in ranked[:k]] + [r["file"] for r in ranked[-k:]]
     by_name = {r.relpath: r for r in records}
     recs = [by_name[f] for f in files if f in by_name]
     if not recs:
@@ -234,10 +238,22 @@ class Run:
 
 
 def run_title(cfg: RunConfig, weights: str) -> str:
-    """The title of a run's figures: backbone, weights, layers, decoder, then its notes."""
+    """The one-line title of a run's figures: backbone, weights, layers, decoder (its notes stay in
+    summary.json and the report, not in every figure)."""
     b = cfg.backbone
-    text = f"{b.name} ({weights} weights), layers {'+'.join(b.layers)}, {cfg.decoder.name} decoder"
-    return text + ("\n" + " ".join(cfg.notes) if cfg.notes else "")
+    return f"{b.name} ({weights}), {layers_text(b.layers)}, {cfg.decoder.name} decoder"
+
+
+def layers_text(layers: Sequence[str]) -> str:
+    """``stage1–4`` for consecutive numbered taps of one kind, else the names joined by ``+``."""
+    import re
+
+    parts = [re.fullmatch(r"([a-z_]+)(\d+)", name) for name in layers]
+    if len(layers) > 2 and all(parts) and len({m.group(1) for m in parts}) == 1:
+        numbers = [int(m.group(2)) for m in parts]
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            return f"{parts[0].group(1)}{numbers[0]}–{numbers[-1]}"
+    return "+".join(layers)
 
 
 def load_run(path: Union[str, Path], device: str = "auto") -> Run:
@@ -290,8 +306,10 @@ def evaluate_run(
     batch_size: Optional[int] = None,
     num_workers: int = -1,
     semantic: bool = True,
+    data_label: Optional[str] = None,
 ) -> dict[str, Any]:
     """Score a run on ``data`` (every image in it) or, by default, on the run's own val split.
+    ``data_label``: how the figures name ``data`` (default: as given).
     With pretrained backbone weights (and ``semantic``) the classifier's agreement on the
     reconstructions is scored too.
 
@@ -335,8 +353,9 @@ def evaluate_run(
     write_per_image(ev.per_image, out / "per_image.csv")
     if skips:
         figures.write_skipped(skips.rows(), out / "skipped.csv")
-    save_pairs(ev, out, f"{run.describe()} — {source}")
-    log.info(
+    shown = data_label or ("val split" if data is None else str(data))  # as the user typed it
+    save_pairs(ev, out, f"{run.describe()} — {shown}")
+    log.debug(  # the caller reports the result (the CLI prints it once)
         "evaluated %d images: MSE %.5f  PSNR %.2f dB  SSIM %.4f (%d skipped)",
         ev.n_images, ev.metrics["mse"], ev.metrics["psnr"], ev.metrics["ssim"], len(skips),
     )
@@ -347,17 +366,19 @@ def reconstruct_files(
     run: Union[Run, str, Path], images: Sequence[Union[str, Path]], out: Union[str, Path]
 ) -> list[Path]:
     """Reconstruct the given image files (center crop) into ``out``; returns the files written."""
+    decoded = []
+    for name in images:  # every file is read before the model loads: a bad one is reported at once
+        p = Path(name)
+        try:
+            decoded.append((p, load_image(p)))
+        except Exception as e:  # noqa: BLE001 - report any decode failure in one line
+            raise FeatinvError(f"cannot read image {p}: {e}") from None
     if not isinstance(run, Run):
         run = load_run(run)
     out = Path(out)
     written: list[Path] = []
     cfg = run.config.data
-    for i, name in enumerate(images):
-        p = Path(name)
-        try:
-            img = load_image(p)
-        except Exception as e:  # noqa: BLE001 - report any decode failure in one line
-            raise FeatinvError(f"cannot read image {p}: {e}") from None
+    for i, (p, img) in enumerate(decoded):
         x8 = preprocess(img, cfg.image_size, cfg.resize, train=False)
         y = run.reconstruct(x8[None].float().div(255.0))[0]
         stem = f"{i}_{p.stem}"

@@ -72,7 +72,7 @@ def comparison_fig(originals: torch.Tensor, reconstructions: torch.Tensor, label
             if i == 0:
                 ax.set_ylabel(name)
         axes[1][i].set_xlabel(labels[i], fontsize=8)
-    fig.suptitle(wrap(title, max(40, 22 * n)), fontsize=9)
+    fig.suptitle(wrap(title, max(60, 34 * n)), fontsize=9)
     return fig
 
 

@@ -289,6 +289,7 @@ def invert(
     if method not in METHODS:
         raise FeatinvError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.")
     dev = resolve_device(device)
+    records = _records(data, max_images)  # the images first: a missing folder is not a missing model
     decoder, image_size, resize = None, 224, 256
     if run is not None:
         r = load_run(run, device=str(dev))
@@ -303,6 +304,5 @@ def invert(
         raise FeatinvError("--method refine starts from a trained decoder's reconstruction: pass --run RUN.")
     else:
         extractor, title = plain_extractor(backbone or "resnet50", weights or "imagenet", layers, cfg.seed, dev)
-    records = _records(data, max_images)
     return invert_images(extractor, records, out, method, cfg, decoder, image_size, resize, batch_size, num_save, dev,
                          title)

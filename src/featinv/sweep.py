@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, Union
 from . import dist, report
 from .backbones import get_spec, resolve_layers
 from .config import INVERSIONS, SWEEP_METHODS, BackboneConfig, RunConfig, resolve_recipe, validate_config
-from .data import SkipLog, split_for_config
+from .data import SkipLog, check_data_paths, split_for_config
 from .evaluate import Run, evaluate_loader, load_run, write_semantics
 from .invert import InvertConfig, invert_images, plain_extractor
 from .rundir import RunDir
@@ -195,6 +195,7 @@ def run_sweep(
     ``methods``: decoder, optimize and/or refine (``invert_cfg``: the searches' settings)."""
     out = Path(out)
     validate_config(base)
+    check_data_paths(base.data)  # before anything is written
     # the batch size and learning rate the runs will train with, so finished runs compare alike
     base = resolve_recipe(base, resolve_device(base.train.device), dist.world_from_env().size)
     check_methods(methods)

@@ -102,11 +102,17 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+def is_cpu_out_of_memory(e: BaseException) -> bool:
+    """Whether a RuntimeError is the CPU allocator's out-of-memory (it raises no type of its own)."""
+    return "can't allocate memory" in str(e) or "not enough memory" in str(e)
+
+
 def check_output_dir(out: Union[str, Path, RunDir], cfg: RunConfig, resume: bool) -> None:
-    """A new run needs a folder without a run in it; a resumed one, the same run's folder."""
+    """A new run needs a folder without a run in it (a run that failed before its first checkpoint
+    does not count: there is nothing to resume); a resumed one, the same run's folder."""
     run = out if isinstance(out, RunDir) else RunDir(out)
     if not resume:
-        if run.has_config():
+        if run.has_config() and (run.has_checkpoint() or run.read_summary().get("status") != "failed"):
             raise FeatinvError(f"{run.path} already holds a run; pass --resume to continue it, or choose another --out.")
         return
     if not run.has_checkpoint():
@@ -374,20 +380,33 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self._build_data()
         self._build_models()
+        self.budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
         ckpt = self.run.load_checkpoint() if resume else None
         if ckpt is not None:
             self.state.load_state_dict(ckpt)
+            self._refuse_more_epochs_of_a_finished_run()  # before config.yaml is rewritten
             log.info("resuming %s at epoch %d, step %d", self.run.path, self.state.progress.epoch + 1, self.state.progress.step)
         self.state.clock.t0 = t0
         self._open_feature_cache(ckpt.get("feature_filled") if ckpt is not None else None)
         self._open_run_dir()
         self.checkpointer = Checkpointer(self.run, self.state, cfg.train.checkpoint_every)
-        self.budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
         # Finite-loss checks sync the host (free on the CPU); under torchrun the ranks also agree
         # on stopping (a signal, the budget, a bad loss) at these steps.
         self.check_every = 1 if self.device.type == "cpu" else 20
         self.epoch_complete = True  # the last epoch ran all its steps (not cut by the budget)
         self.pass_times: dict[int, list[float]] = {}  # this session's training passes by crop size (the planner's)
+
+    def _refuse_more_epochs_of_a_finished_run(self) -> None:
+        """``--resume --epochs N`` on a run whose schedule already ran to its end (the final decay
+        took the learning rate to zero) would train nothing: one sentence instead of a silent no-op."""
+        before = self.run.read_config().train.epochs
+        reason = self.already_finished()
+        if before != self.cfg.train.epochs and reason not in (None, "epoch cap"):
+            raise FeatinvError(
+                f"--resume --epochs {self.cfg.train.epochs}: {self.run.path} already finished after "
+                f"{self.state.progress.epoch} epochs ({reason}); its learning rate has decayed to zero, so more "
+                "epochs would not train it. Start a new run (another --out) with the epochs you want."
+            )
 
     # ── building ──
     def _build_data(self) -> None:
@@ -552,10 +571,13 @@ class Trainer:
                 parts = self.loss_fn(self.step_decoder(self.features(x, index)), x)  # pixel terms in float32
             s.opt.zero_grad(set_to_none=True)
             s.scaler.scale(parts["loss"]).backward()
-        except torch.cuda.OutOfMemoryError:
+        except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            if not isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) and not is_cpu_out_of_memory(e):
+                raise
             epoch, at = divmod(step, self.steps_per_epoch)
+            where = "GPU memory" if isinstance(e, torch.cuda.OutOfMemoryError) else "memory"
             raise TrainingFailed(
-                f"out of GPU memory at batch size {t.batch_size} (epoch {epoch + 1}, step {at + 1}); "
+                f"out of {where} at batch size {t.batch_size} (epoch {epoch + 1}, step {at + 1}); "
                 f"try --batch-size {max(1, t.batch_size // 2)}."
             ) from None
         if t.grad_clip > 0:
