@@ -28,7 +28,7 @@ from featinv.config import DataConfig, DecoderConfig
 from featinv.data import Augment, ImageDataset, SkipLog, make_loader, split_for_config, to_float
 from featinv.decoders import build_decoder
 from featinv.evaluate import evaluate_loader
-from featinv.train import precise_bn_records, recalibrate_norms
+from featinv.training import precise_bn_records, recalibrate_norms
 
 
 def screen(crop: int, args: argparse.Namespace, out: Path) -> None:

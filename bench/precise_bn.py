@@ -1,5 +1,5 @@
 """What precise BN changes: finished runs re-scored after their decoder's batch-norm statistics are
-recomputed (`featinv.train.recalibrate_norms`, what `featinv train` now does after the last epoch),
+recomputed (`featinv.training.recalibrate_norms`, what `featinv train` now does after the last epoch),
 against the same runs as they were saved. The run directories are only read.
 
     python bench/precise_bn.py bench-out/quality/stride4 bench-out/quality/all ...
@@ -27,7 +27,7 @@ def rescore(run_dir: Path) -> dict:
     import featinv
     from featinv.data import SkipLog, split_for_config
     from featinv.evaluate import evaluate_loader
-    from featinv.train import precise_bn_records, recalibrate_norms
+    from featinv.training import precise_bn_records, recalibrate_norms
 
     run = featinv.load_run(run_dir, device="cpu")
     cfg = run.config

@@ -37,7 +37,7 @@ from featinv.evaluate import evaluate_run
 from featinv.metrics import MeanAccumulator, bicubic_thumbnail, score
 from featinv.rundir import RunDir
 from featinv.sweep import check_same_settings
-from featinv.train import train
+from featinv.training import train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"

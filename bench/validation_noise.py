@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import CONFIGS, layers_for, run_config  # noqa: E402
 
 from featinv.schedule import plateaued  # noqa: E402
-from featinv.train import Trainer  # noqa: E402
+from featinv.training import Trainer  # noqa: E402
 
 
 def best_of_windows(history: Sequence[float], window: int, min_gain: float) -> bool:

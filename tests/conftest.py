@@ -51,7 +51,7 @@ def tiny_config(data: Path, val: Path, epochs: int = 2, **train_kw):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, samples: Path) -> Path:
     """A 2-epoch run on the bundled photos (random ResNet-50 weights), trained once per session."""
-    from featinv.train import train
+    from featinv.training import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(samples / "train", samples / "val"), out)
@@ -76,7 +76,7 @@ def resume_counting_steps(out: Path):
     """Resume the run in ``out`` as `featinv train --out OUT --resume` does; returns its summary and
     the number of training steps this session ran."""
     from featinv.rundir import RunDir
-    from featinv.train import Trainer
+    from featinv.training import Trainer
 
     class Counting(Trainer):
         steps = 0

@@ -152,7 +152,7 @@ def _feature_cfg(samples, epochs):
 
 def test_feature_cache_skips_the_backbone_after_epoch_one_and_trains_alike(samples, tmp_path, monkeypatch):
     from featinv.backbones import FeatureExtractor
-    from featinv.train import train
+    from featinv.training import train
 
     calls = []
     real = FeatureExtractor.forward
@@ -202,7 +202,7 @@ def test_feature_cache_skips_the_backbone_after_epoch_one_and_trains_alike(sampl
 def test_feature_cache_refuses_without_disk_space(samples, tmp_path, monkeypatch):
     import shutil
 
-    from featinv.train import train
+    from featinv.training import train
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
     cfg = _feature_cfg(samples, epochs=1)
@@ -213,7 +213,7 @@ def test_feature_cache_refuses_without_disk_space(samples, tmp_path, monkeypatch
 
 
 def test_feature_cache_needs_fixed_crops(samples, tmp_path):
-    from featinv.train import train
+    from featinv.training import train
 
     cfg = _feature_cfg(samples, epochs=1)
     cfg.data.augment = True

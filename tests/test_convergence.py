@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from featinv.schedule import epoch_cost, plateau_factor, plateaued, room_left
-from featinv.train import Trainer
+from featinv.training import Trainer
 
 from conftest import tiny_config
 
@@ -88,7 +88,7 @@ def _budget_run(samples, out, monkeypatch, first_slow: float, minutes: float, fu
     start-up); val PSNR keeps rising, so only the budget ends the run."""
     import types
 
-    import featinv.train as T
+    import featinv.training as T
 
     clock = {"t": 0.0}
     monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))

@@ -74,7 +74,7 @@ def test_two_processes_end_as_one_with_the_same_global_batch(samples, tmp_path):
 
 STOP_AT_STEP = """
 import sys
-import featinv.train as T
+import featinv.training as T
 real = T.Trainer.train_step
 def train_step(self, x, index, step):
     parts = real(self, x, index, step)

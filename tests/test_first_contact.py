@@ -147,7 +147,7 @@ def test_evaluate_prints_its_result_once_and_report_counts_in_words(tiny_run, tm
 def test_the_python_api_talks_when_asked_and_is_silent_otherwise(samples, tmp_path, capfd):
     import logging
 
-    from featinv.train import train
+    from featinv.training import train
     from conftest import tiny_config
 
     assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("featinv").handlers)
@@ -294,3 +294,13 @@ def test_figure_titles_are_one_line_with_the_path_as_typed(tiny_run, samples, mo
     monkeypatch.chdir(samples)
     E.evaluate_run(tiny_run, data="val", out=tiny_run.parent / "eval-title", num_save=2, semantic=False)
     assert titles and titles[0].endswith(" — val") and "\n" not in titles[0] and len(titles[0]) <= 100
+
+
+def test_a_switch_flags_help_says_what_the_flag_does():
+    """`--no-augment` turns augmentation off: its help says so first, then what augmentation is."""
+    from featinv.cli import SUBPARSERS, build_parser
+
+    build_parser()
+    actions = {a.option_strings[0]: a.help for a in SUBPARSERS["train"]._actions if a.option_strings}
+    assert actions["--no-augment"].startswith("turn off: train on random crops")
+    assert actions["--strict"].startswith("turn on: ")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from featinv import losses
-from featinv.train import train
+from featinv.training import train
 
 from conftest import tiny_config
 

@@ -7,7 +7,7 @@ from featinv import metrics as M
 from featinv.backbones import FeatureExtractor
 from featinv.decoders import build_decoder
 from featinv.evaluate import reconstruct
-from featinv.train import Trainer
+from featinv.training import Trainer
 from featinv.utils import FeatinvError, cpu_has_native_bf16, resolve_precision
 
 from conftest import tiny_config

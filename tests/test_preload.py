@@ -136,7 +136,7 @@ def test_a_preloaded_run_scores_as_the_loaders(samples, tmp_path):
     import csv
 
     from conftest import tiny_config
-    from featinv.train import train
+    from featinv.training import train
 
     prepare(samples / "train", tmp_path / "train", size=256, workers=0)
     prepare(samples / "val", tmp_path / "val", size=256, workers=0)

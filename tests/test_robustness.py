@@ -193,7 +193,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(samples, tmp_path, tiny_run
 
 def test_mid_epoch_resume_replays_the_same_batches(samples, tmp_path, tiny_run):
     """In-process: stop in the middle of epoch 2, resume, and end with the same weights."""
-    import featinv.train as train_module
+    import featinv.training as train_module
 
     out = tmp_path / "mid"
     cfg = tiny_config(samples / "train", samples / "val")
@@ -280,7 +280,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(sampl
         return parts
 
     monkeypatch.setattr(losses_module.ReconstructionLoss, "forward", nan_on_fifth_step)
-    from featinv.train import train
+    from featinv.training import train
 
     with pytest.raises(FeatinvError, match=r"epoch 2, step 2"):
         train(cfg, out)
@@ -341,7 +341,7 @@ def test_resume_with_different_settings_is_refused(tiny_run, capsys):
 
     saved = config_module.load_config(tiny_run / "config.yaml")
     saved.backbone.layers = ["layer2"]
-    from featinv.train import check_output_dir
+    from featinv.training import check_output_dir
 
     with pytest.raises(FeatinvError, match="backbone.layers"):
         check_output_dir(tiny_run, saved, resume=True)

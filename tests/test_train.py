@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import featinv
 from featinv.cli import main
-from featinv.train import Trainer, train
+from featinv.training import Trainer, train
 
 from conftest import assert_same_run, read_rows, resume_counting_steps, tiny_config
 
@@ -228,7 +228,7 @@ def test_ema_warms_up_so_a_short_run_averages_its_last_steps():
     """A plain EMA of decay 0.995 drags its first weights along for hundreds of steps; with the
     warm-up, after 45 updates (the demo's run) the average sits near the last weights, and a long
     run averages at the decay it was given."""
-    from featinv.train import EMA, ema_decay
+    from featinv.training import EMA, ema_decay
 
     assert ema_decay(0.995, 0) == pytest.approx(0.1)
     assert ema_decay(0.995, 5000) == 0.995
@@ -247,7 +247,7 @@ def test_the_ema_is_averaged_models_without_a_device_read_per_step():
     (checkpoints of either load into the other), counting updates on the host."""
     from torch.optim.swa_utils import AveragedModel
 
-    from featinv.train import EMA, ema_update
+    from featinv.training import EMA, ema_update
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
@@ -343,7 +343,7 @@ def test_each_validation_is_scored_with_statistics_of_training_photos(tmp_path, 
     input over ``val_bn_images`` evenly spaced training photos (center crops), computed with the
     weights being scored; with 0 they hold training's running averages."""
     from featinv.data import ImageDataset, make_loader, to_float
-    from featinv.train import Trainer, precise_bn_records
+    from featinv.training import Trainer, precise_bn_records
 
     seen = []
 
@@ -383,3 +383,16 @@ def test_more_epochs_for_a_finished_run_are_refused_in_one_sentence(tiny_run, tm
     err = capsys.readouterr().err
     assert "already finished after 2 epochs" in err and len(err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_the_training_module_has_one_name_and_the_old_one_warns():
+    """`featinv.train` is the function; the module is `featinv.training`; `import featinv.train`
+    still works for one version, with a DeprecationWarning that names the new module."""
+    code = ("import featinv, featinv.training\n"
+            "assert featinv.train is featinv.training.train and not isinstance(featinv.train, type(featinv))\n"
+            "import featinv.train")
+    r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0 and "DeprecationWarning" in r.stderr and "featinv.training" in r.stderr
+    code = "import featinv.train as old, featinv\nprint(callable(featinv.train), old.Trainer.__module__)"
+    r = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["True", "featinv.training"], r.stderr

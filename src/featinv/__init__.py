@@ -18,8 +18,8 @@ def __getattr__(name: str):
         from . import evaluate
 
         return getattr(evaluate, name)
-    if name == "train":  # the function; once the submodule is imported, the (callable) module itself
-        from .train import train
+    if name == "train":  # the function (the module is featinv.training)
+        from .training import train
 
         return train
     if name == "FeatureExtractor":

@@ -71,7 +71,7 @@ def add_section_flags(p: argparse.ArgumentParser, sections: dict, skip: frozense
             kw: dict = {"dest": key, "default": None, "help": f.metadata["help"].replace("%", "%%")}
             if tp is bool:  # a flag that turns the default around: --strict, --no-augment
                 kw.update(action="store_const", const=not default)
-                kw["help"] += f" ({'on' if default else 'off'} by default; this flag turns it {'off' if default else 'on'})"
+                kw["help"] = f"turn {'off' if default else 'on'}: {kw['help']} ({'on' if default else 'off'} by default)"
             else:
                 if typing.get_origin(tp) is typing.Union:
                     tp = next(a for a in typing.get_args(tp) if a is not type(None))
@@ -282,7 +282,7 @@ def _absolute_paths(cfg) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
+    from .training import train
 
     train(_build_config(args), args.out, resume=args.resume, command=args.command_line, break_lock=args.break_lock)
 
@@ -498,7 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=logging.WARNING if args.quiet or not world.main else logging.INFO,
         format="%(message)s" if not world.distributed else f"[rank {world.rank}] %(message)s", stream=sys.stderr,
     )
-    from .train import TrainingInterrupted
+    from .training import TrainingInterrupted
 
     out = getattr(args, "out", None)
     try:

@@ -148,7 +148,7 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the decoder (opt-in: compile time, platform support)")
     grad_clip: float = setting(0.0, "clip the gradient norm to this; 0 turns it off")
     ema: float = setting(0.995, "decay of an exponential moving average of the decoder weights (warmed up over the "
-                         "first steps: featinv.train.ema_decay), which are then the ones scored, stopped on and "
+                         "first steps: featinv.training.ema_decay), which are then the ones scored, stopped on and "
                          "saved; 0 turns it off")
     patience: int = setting(0, "stop after this many epochs without a better val PSNR and keep the best weights; "
                             "0 turns it off")

@@ -22,7 +22,7 @@ from .config import BackboneConfig, DataConfig, DecoderConfig, RunConfig, TrainC
 from .data import ImageDataset, SkipLog, find_images, make_loader, sample_images_dir, to_float, usable_records
 from .evaluate import evaluate_run, load_run, reconstruct_files
 from .metrics import bicubic_thumbnail, score
-from .train import train
+from .training import train
 from .utils import FeatinvError
 
 log = logging.getLogger("featinv")

@@ -28,7 +28,7 @@ from .data import SkipLog, check_data_paths, split_for_config
 from .evaluate import Run, evaluate_loader, load_run, write_semantics
 from .invert import InvertConfig, invert_images, plain_extractor
 from .rundir import RunDir
-from .train import train
+from .training import train
 from .utils import FeatinvError, atomic_write_text, resolve_device
 
 log = logging.getLogger("featinv")
