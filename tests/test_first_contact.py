@@ -304,3 +304,19 @@ def test_a_switch_flags_help_says_what_the_flag_does():
     actions = {a.option_strings[0]: a.help for a in SUBPARSERS["train"]._actions if a.option_strings}
     assert actions["--no-augment"].startswith("turn off: train on random crops")
     assert actions["--strict"].startswith("turn on: ")
+
+
+def test_reconstruct_takes_a_shipped_decoder_by_name_and_folders_and_scores_them(samples, tmp_path, capsys):
+    """`featinv reconstruct stage1 FOLDER FILE`: the folder's images and the file, their pairs,
+    per_image.csv with a score per image and comparison.png; an unknown name says what exists."""
+    import csv
+
+    out = tmp_path / "rec"
+    one = sorted((samples / "train").glob("*.jpg"))[0]
+    code, err = _run(["-q", "reconstruct", "stage1", str(samples / "val"), str(one), "--out", str(out)], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 4 and rows[-1]["file"] == str(one) and all(15 < float(r["psnr"]) < 60 for r in rows)
+    assert (out / "comparison.png").is_file() and len(list(out.glob("reconstruction_*.png"))) == 4
+    code, err = _run(["reconstruct", "stage9", str(one), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "stage1, stage2, stage3, stage4" in err

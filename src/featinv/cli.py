@@ -327,9 +327,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from .evaluate import reconstruct_files
+    from .pretrained import run_or_shipped
 
-    files = reconstruct_files(args.run, args.images, args.out)
-    print(f"wrote {len(files)} files to {args.out}")
+    files = reconstruct_files(run_or_shipped(args.run), args.images, args.out)
+    pairs = sum(f.name.startswith("reconstruction_") for f in files)
+    print(f"reconstructed {pairs} image(s) into {args.out} (per_image.csv: the scores, comparison.png: side by side)")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -399,11 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="batch size (default: the run's)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
 
-    p = sub.add_parser("reconstruct", help="reconstruct given image files with a trained run",
+    p = sub.add_parser("reconstruct", help="reconstruct your own images with a trained run or a shipped decoder",
                        description="Center-crop each image as in training and write original_* and "
-                       "reconstruction_* PNGs.")
-    p.add_argument("run", help="run directory written by `featinv train`")
-    p.add_argument("images", nargs="+", help="image files")
+                       "reconstruction_* PNGs, per_image.csv (MSE, PSNR, SSIM) and comparison.png.")
+    p.add_argument("run", help="run directory written by `featinv train`, or a shipped decoder: stage1 … stage4 "
+                   "(EfficientNet-Lite0, ImageNet weights; the offline extra)")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
 
     p = sub.add_parser("prepare", help="decode images once into a fast cache (folder or ImageNet val tar)",

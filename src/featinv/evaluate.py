@@ -23,6 +23,7 @@ from .data import (
     ImageRecord,
     SkipLog,
     find_images,
+    list_folder,
     load_image,
     make_loader,
     check_cache_size,
@@ -365,10 +366,12 @@ def evaluate_run(
 def reconstruct_files(
     run: Union[Run, str, Path], images: Sequence[Union[str, Path]], out: Union[str, Path]
 ) -> list[Path]:
-    """Reconstruct the given image files (center crop) into ``out``; returns the files written."""
+    """Reconstruct the given image files, and the images of the given folders, (center crop) into
+    ``out``: the PNG pairs, ``per_image.csv`` (MSE, PSNR, SSIM against the crop) and
+    ``comparison.png`` (the first eight side by side); returns the files written."""
+    paths = [p for name in images for p in _image_paths(Path(name))]
     decoded = []
-    for name in images:  # every file is read before the model loads: a bad one is reported at once
-        p = Path(name)
+    for p in paths:  # every file is read before the model loads: a bad one is reported at once
         try:
             decoded.append((p, load_image(p)))
         except Exception as e:  # noqa: BLE001 - report any decode failure in one line
@@ -378,15 +381,36 @@ def reconstruct_files(
     out = Path(out)
     written: list[Path] = []
     cfg = run.config.data
+    originals, recons, rows = [], [], []
     for i, (p, img) in enumerate(decoded):
         x8 = preprocess(img, cfg.image_size, cfg.resize, train=False)
-        y = run.reconstruct(x8[None].float().div(255.0))[0]
+        x = x8[None].float().div(255.0)
+        y = run.reconstruct(x)
+        y8 = (y[0] * 255).round().to(torch.uint8)
+        rows.append({"file": str(p), **{k: float(v[0]) for k, v in M.score(y.float().cpu(), x).items()}})
         stem = f"{i}_{p.stem}"
-        for kind, t in (("original", x8), ("reconstruction", (y * 255).round().to(torch.uint8))):
+        for kind, t in (("original", x8), ("reconstruction", y8)):
             target = out / f"{kind}_{stem}.png"
             figures.save_png(t, target)
             written.append(target)
-    return written
+        if len(originals) < 8:
+            originals.append(x8)
+            recons.append(y8.cpu())
+    write_per_image(rows, out / "per_image.csv")
+    labels = [f"PSNR {r['psnr']:.2f} dB\nSSIM {r['ssim']:.3f}" for r in rows[: len(originals)]]
+    figures.comparison_figure(torch.stack(originals), torch.stack(recons), labels, run.describe(),
+                              out / "comparison.png")
+    return written + [out / "per_image.csv", out / "comparison.png"]
+
+
+def _image_paths(path: Path) -> list[Path]:
+    """A file as itself; a folder as its images (recursively, in a stable order)."""
+    if path.is_dir():
+        images = list_folder(path.resolve())
+        if not images.records:
+            raise FeatinvError(f"no images in {path}.")
+        return [path / r.relpath for r in images.records]  # as the user typed the folder
+    return [path]
 
 
 def agreement(logits_original: torch.Tensor, logits_reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

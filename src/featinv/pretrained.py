@@ -23,3 +23,16 @@ def shipped_decoders() -> dict[str, Path]:
     if not found:
         raise FeatinvError(f"no shipped decoders in {root}; this installation of featinv lacks its assets.")
     return found
+
+
+def run_or_shipped(name: str) -> Path:
+    """A run directory, or one of the shipped decoders by name (``stage1``, or
+    ``efficientnet_lite0-stage1``): what ``featinv reconstruct`` and ``evaluate`` take as RUN."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    shipped = shipped_decoders()
+    key = name.rsplit("-", 1)[-1] if name.startswith("efficientnet_lite0-") else name
+    if key in shipped:
+        return shipped[key]
+    raise FeatinvError(f"{name} is neither a run directory nor a shipped decoder ({', '.join(shipped)}).")
