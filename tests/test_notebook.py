@@ -31,3 +31,20 @@ def test_the_notebook_runs_top_to_bottom(samples, tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     html = [o for o in outputs if "text/html" in o.get("data", {})]
     assert any("data:image/png;base64" in o["data"]["text/html"] for o in html)  # report and photo shown inline
+    printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "decoders: efficientnet_lite0 (imagenet), the sweep's decoders" in printed  # its own, not the shipped
+    assert "TqdmWarning" not in printed  # progress bars without ipywidgets fall back quietly
+
+
+def test_the_notebook_fits_colab_and_says_what_it_uses():
+    """The defects a Colab user met: a placeholder REPO cloned silently, the 9.8 GB cache written to
+    Drive, no idea how long the study takes, and "your photo" decoded by EfficientNet-Lite0's shipped
+    decoders after a study of another backbone."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert 'check=False' not in code and '"OWNER" in REPO' in code  # a placeholder stops with a sentence
+    assert 'CACHE = "/content/featinv-cache"' in code and "data = CACHE" in code  # local disk, not Drive
+    assert "hours" in text and "estimated" in text
+    assert "sweep_dir / \"runs\"" in code and "print(\"decoders:\", which)" in code

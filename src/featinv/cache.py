@@ -246,7 +246,7 @@ def _resume_point(out: Path, plan: dict) -> Optional[int]:
 def _decode_into(arr: np.memmap, ok: np.ndarray, reasons: dict[str, str], files: Sequence[str], items: Iterator,
                  done: int, out: Path, workers: int) -> int:
     """Decode ``items`` (in a pool of ``workers``) into their rows; progress saved every CHUNK images."""
-    from tqdm.auto import tqdm
+    from .utils import progress_bar as tqdm
 
     n_workers = default_num_workers() if workers < 0 else workers
     ctx = get_context("spawn" if os.name != "posix" else "fork")

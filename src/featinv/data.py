@@ -110,7 +110,7 @@ def split_records(
 
 def probe_records(records: Sequence[ImageRecord], skips: SkipLog) -> list[ImageRecord]:
     """Keep the records whose header opens; log the others in ``skips``."""
-    from tqdm.auto import tqdm
+    from .utils import progress_bar as tqdm
 
     good = []
     for r in tqdm(records, desc="checking images", unit="img", disable=not progress_enabled() or len(records) < 500):

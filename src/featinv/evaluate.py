@@ -79,7 +79,7 @@ def evaluate_loader(
     ``feature_errors``: also ‖φ(x̂) − φ(x)‖² / ‖φ(x)‖² per image, averaged over the taps (one more
     backbone pass), the quantity optimisation-based inversion minimises.
     """
-    from tqdm.auto import tqdm
+    from .utils import progress_bar as tqdm
 
     decoder.eval()
     acc, ref_mean, ref_bicubic = M.MeanAccumulator(), M.MeanAccumulator(), M.MeanAccumulator()

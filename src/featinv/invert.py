@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
+from .utils import progress_bar as tqdm
 
 from . import figures
 from . import metrics as M

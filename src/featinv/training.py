@@ -593,7 +593,7 @@ class Trainer:
     def run_epoch(self, epoch: int, first: int = 0) -> bool:
         """Train epoch ``epoch`` from its batch ``first``. Checkpoints mid-epoch when due, raises
         :class:`TrainingInterrupted` on a signal; returns True when the time budget ran out."""
-        from tqdm.auto import tqdm
+        from .utils import progress_bar as tqdm
 
         s, t = self.state, self.cfg.train
         s.clock.start_epoch()

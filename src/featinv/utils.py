@@ -127,10 +127,28 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
+def progress_bar(*args: object, **kwargs: object):
+    """A tqdm bar: tqdm.auto's (widgets) in a notebook that has ipywidgets, the plain one elsewhere,
+    so that a notebook without ipywidgets is not told "IProgress not found" (tqdm.auto warns on
+    import there)."""
+    import importlib.util
+
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(*args, **kwargs)
+
+
 def progress_enabled() -> bool:
-    """Progress bars on a terminal or in a notebook (tqdm.auto draws widgets there); logs, pipes
-    and CI stay clean."""
-    return sys.stderr.isatty() or in_notebook()
+    """Progress bars on a terminal or in a notebook that can draw tqdm.auto's widgets (ipywidgets,
+    which Colab has; without it tqdm warns "IProgress not found" on every bar); logs, pipes and CI
+    stay clean."""
+    if sys.stderr.isatty():
+        return True
+    import importlib.util
+
+    return in_notebook() and importlib.util.find_spec("ipywidgets") is not None
 
 
 @contextlib.contextmanager
