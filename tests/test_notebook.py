@@ -17,7 +17,7 @@ def test_the_notebook_runs_top_to_bottom(samples, tmp_path):
     where = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     settings = {
         "INSTALL": False, "USE_DRIVE": False, "DATA": str(samples / "train"), "VAL_DATA": str(samples / "val"),
-        "WORK": str(tmp_path / "work"), "BACKBONE": "efficientnet_lite0", "WEIGHTS": "imagenet",
+        "WORK": str(tmp_path / "work"), "CACHE": str(tmp_path / "cache"), "BACKBONE": "efficientnet_lite0", "WEIGHTS": "imagenet",
         "LAYER_SETS": ["stage1", "all"], "EPOCHS": 1, "MAX_IMAGES": 3, "BATCH_SIZE": 3, "WIDTH": 16,
         "MY_PHOTO": str(samples / "val" / "coffee.jpg"),
     }
