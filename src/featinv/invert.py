@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
-from .utils import progress_bar as tqdm
 
 from . import figures
 from . import metrics as M
@@ -31,6 +30,7 @@ from .data import ImageDataset, ImageRecord, SkipLog, find_images, make_loader, 
 from .evaluate import agreement, load_run
 from .rundir import read_csv, write_csv
 from .utils import FeatinvError, atomic_write_text, progress_enabled, resolve_device
+from .utils import progress_bar as tqdm
 
 log = logging.getLogger("featinv")
 

@@ -100,8 +100,11 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def is_cpu_out_of_memory(e: BaseException) -> bool:
-    """Whether a RuntimeError is the CPU allocator's out-of-memory (it raises no type of its own)."""
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether an error is an out-of-memory: CUDA's has a type, the CPU allocator's is a RuntimeError
+    known by its message."""
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
     return "can't allocate memory" in str(e) or "not enough memory" in str(e)
 
 
@@ -447,14 +450,17 @@ class Trainer:
                  images.pixels.numel() / 1e9, self.device, time.perf_counter() - t0)
         return images
 
-    def center_crops(self, records: list, persistent: bool = False, batch_size: Optional[int] = None) -> Any:
-        """Batches of ``records``' center crops (validation, precise BN, the train-photo score)."""
+    def center_crops(self, records: list, persistent: bool = False, sharded: bool = False) -> Any:
+        """Batches of ``records``' center crops (validation, precise BN, the train-photo score), from
+        the preloaded images when they hold them; ``sharded``: this rank's share of each batch."""
         d, t = self.cfg.data, self.cfg.train
+        rank, world = (self.world.rank, self.world.size) if sharded else (0, 1)
         if self.images is not None and self.images.holds(records):
-            return DeviceLoader(self.images, records, d.image_size, batch_size or t.batch_size, train=False, shuffle=False)
-        return make_loader(ImageDataset(records, d.image_size, d.resize, train=False), batch_size or t.batch_size,
-                           shuffle=False, num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
-                           persistent=persistent)
+            return DeviceLoader(self.images, records, d.image_size, t.batch_size, train=False, shuffle=False,
+                                rank=rank, world=world)
+        return make_loader(ImageDataset(records, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
+                           num_workers=d.num_workers, pin_memory=self.device.type == "cuda", persistent=persistent,
+                           rank=rank, world=world)
 
     def _train_data(self, size: int) -> tuple[ImageDataset, Any]:
         """The training photos as ``size``-pixel crops, and their loader (this rank's share)."""
@@ -569,8 +575,8 @@ class Trainer:
                 parts = self.loss_fn(self.step_decoder(self.features(x, index)), x)  # pixel terms in float32
             s.opt.zero_grad(set_to_none=True)
             s.scaler.scale(parts["loss"]).backward()
-        except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
-            if not isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) and not is_cpu_out_of_memory(e):
+        except (MemoryError, RuntimeError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(e):
                 raise
             epoch, at = divmod(step, self.steps_per_epoch)
             where = "GPU memory" if isinstance(e, torch.cuda.OutOfMemoryError) else "memory"
@@ -685,18 +691,12 @@ class Trainer:
         """Precise BN (:func:`recalibrate_norms`) for the scored decoder over (at most) ``images``
         training photos (0: ``PRECISE_BN_IMAGES``), each rank on its share, the statistics then
         averaged over ranks."""
-        t, d = self.cfg.train, self.cfg.data
+        t = self.cfg.train
         recs = precise_bn_records(self.train_recs, images or PRECISE_BN_IMAGES)
         # Equal shards: on GPUs the batch norms are synchronised (SyncBatchNorm), so every rank
         # must run as many batches, or the one with an extra batch waits forever.
         recs = recs[: max(self.world.size, len(recs) - len(recs) % self.world.size)]
-        if self.images is not None:
-            loader = DeviceLoader(self.images, recs, d.image_size, t.batch_size, train=False, shuffle=False,
-                                  rank=self.world.rank, world=self.world.size)
-        else:
-            loader = make_loader(ImageDataset(recs, d.image_size, d.resize, train=False), t.batch_size, shuffle=False,
-                                 num_workers=d.num_workers, pin_memory=self.device.type == "cuda",
-                                 rank=self.world.rank, world=self.world.size)
+        loader = self.center_crops(recs, sharded=True)
         norms = recalibrate_norms(self.state.scored, self.extractor, loader, self.device, self.precision, t.channels_last)
         if self.world.distributed:  # each rank saw its share: the mean of the ranks' statistics
             for m in norms:
@@ -1071,7 +1071,7 @@ class EMA(nn.Module):
         import copy
 
         self.module = copy.deepcopy(model)
-        self.decay = decay
+        self.average = ema_update(decay)
         device = next(iter(model.parameters()), torch.empty(0)).device
         self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long, device=device))
         self.updates = 0
@@ -1085,7 +1085,7 @@ class EMA(nn.Module):
         if self.updates == 0:
             torch._foreach_copy_(averaged, current)
         else:
-            ema_update(self.decay)(averaged, current, self.updates)
+            self.average(averaged, current, self.updates)
         self.updates += 1
         self.n_averaged.add_(1)
 

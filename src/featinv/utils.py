@@ -131,9 +131,7 @@ def progress_bar(*args: object, **kwargs: object):
     """A tqdm bar: tqdm.auto's (widgets) in a notebook that has ipywidgets, the plain one elsewhere,
     so that a notebook without ipywidgets is not told "IProgress not found" (tqdm.auto warns on
     import there)."""
-    import importlib.util
-
-    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+    if _notebook_with_widgets():
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
@@ -144,8 +142,10 @@ def progress_enabled() -> bool:
     """Progress bars on a terminal or in a notebook that can draw tqdm.auto's widgets (ipywidgets,
     which Colab has; without it tqdm warns "IProgress not found" on every bar); logs, pipes and CI
     stay clean."""
-    if sys.stderr.isatty():
-        return True
+    return sys.stderr.isatty() or _notebook_with_widgets()
+
+
+def _notebook_with_widgets() -> bool:
     import importlib.util
 
     return in_notebook() and importlib.util.find_spec("ipywidgets") is not None
