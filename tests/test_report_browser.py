@@ -43,3 +43,23 @@ def test_report_renders_with_every_image_loaded(tiny_sweep, browser, tmp_path):
     shot = tmp_path / "report.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 50_000  # a rendered page with figures, not a blank one
+
+
+def test_the_report_shows_the_probe_section(browser, samples, tmp_path):
+    """`featinv report SWEEP PROBE`: the probe folder's section renders, its figures load."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from featinv.cli import main
+
+    probe = tmp_path / "probe"
+    assert main(["-q", "probe", "--runs", "stage2", "--data", str(samples / "val"), "--out", str(probe),
+                 "--probes", "views", "ablate", "--device", "cpu"]) == 0
+    html_path = tmp_path / "report.html"
+    assert main(["-q", "report", str(probe), "--out", str(html_path)]) == 0
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(html_path.resolve().as_uri())
+    page.wait_for_load_state("load")
+    section = page.locator("section#probes")
+    assert section.count() == 1 and "What the features encode" in section.inner_text()
+    assert [h.inner_text() for h in section.locator("h3").all()] == ["Feature views", "Ablation"]
+    images = page.evaluate("Array.from(document.querySelectorAll('#probes img')).map(i => [i.complete, i.naturalWidth])")
+    assert len(images) == 3 and all(done and w > 300 for done, w in images), images

@@ -163,6 +163,55 @@ def _invert_parser(sub: argparse._SubParsersAction) -> None:
     add_section_flags(p, {"invert": InvertConfig})
 
 
+def _probe_parsers(sub: argparse._SubParsersAction) -> None:
+    from .config import PROBES
+
+    p = sub.add_parser(
+        "probe", help="what the features encode, per depth: invariance, feature views, interpolation, ablation, metrics",
+        description="Probe trained decoders (--runs) or the decoders that ship with featinv (--shipped) on your "
+        "photos: how much each transform moves the features and what the decoder makes of it (invariance), "
+        "each tap's channels as pictures (views), two photos blended in feature space (interpolate), channels "
+        "zeroed (ablate), and where PSNR and SSIM disagree (metrics). Writes a CSV and figures per probe and "
+        "probe.json; `featinv report OUT` shows them.",
+    )
+    p.add_argument("--runs", nargs="+", default=[], metavar="RUN",
+                   help="run directories, or shipped decoders by name (stage1 … stage4)")
+    p.add_argument("--shipped", action="store_true",
+                   help="probe the decoders that ship with featinv (EfficientNet-Lite0, ImageNet weights, one per stage)")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR|FILE", help="image files and/or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--probes", nargs="+", default=list(PROBES), metavar="PROBE",
+                   help=f"which probes (default all): {', '.join(PROBES)}")
+    p.add_argument("--max-images", type=int, default=8, help="probe the first N images (default 8)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+
+    p = sub.add_parser("features", help="look at a backbone's feature maps: principal components, channels, statistics",
+                       description="For each tap: the first image's features as a picture (three principal "
+                       "components as RGB, the most energetic channels) and, over all images, the share of "
+                       "zeros and the effective rank. Writes views.png and views.csv.")
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--backbone", default="resnet50", help="backbone (default resnet50; see `featinv backbones`)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (default), random or a state-dict path")
+    p.add_argument("--layers", nargs="+", help="taps (default: the backbone's four stages)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from .probe import probe
+
+    info = probe(args.runs, args.shipped, args.data, args.out, args.probes, args.max_images, args.device)
+    print(f"probed {len(info['depths'])} depth(s) on {len(info['images'])} image(s): {', '.join(info['probes'])} "
+          f"→ {args.out} (featinv report {args.out} --out report.html shows them)")
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from .probe import features
+
+    rows = features(args.images, args.out, args.backbone, args.weights, args.layers, args.device)
+    print(f"{len(rows)} tap(s) → {Path(args.out) / 'views.png'}, {Path(args.out) / 'views.csv'}")
+
+
 def _invert_config(args: argparse.Namespace) -> "InvertConfig":
     import dataclasses
 
@@ -309,7 +358,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     rows = build_report([Path(p) for p in args.paths], Path(args.out), title=args.title,
                         figures_dir=Path(args.figures) if args.figures else None,
                         info={"report command": args.command_line})
-    print(f"wrote {args.out} ({len(rows)} configuration{'s' if len(rows) != 1 else ''})")
+    probes = sum((Path(p) / "probe.json").is_file() for p in args.paths)
+    parts = [f"{len(rows)} configuration{'s' if len(rows) != 1 else ''}"] if rows or not probes else []
+    parts += [f"{probes} probe folder{'s' if probes != 1 else ''}"] if probes else []
+    print(f"wrote {args.out} ({', '.join(parts)})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -390,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _sweep_parser(sub)
     _invert_parser(sub)
+    _probe_parsers(sub)
 
     p = sub.add_parser("evaluate", help="score a trained run on a folder of images",
                        description="Reconstruct and score images with a run's decoder; writes metrics.json, "
@@ -421,10 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="ILSVRC2012_validation_ground_truth.txt: devkit ids mapped to class indices")
     p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: from the CPU count)")
 
-    p = sub.add_parser("report", help="build the HTML report from run or sweep directories",
+    p = sub.add_parser("report", help="build the HTML report from run, sweep or probe directories",
                        description="A self-contained HTML page (figures embedded) with the table, metrics "
-                       "against depth, reconstructions and error maps of the given runs or sweeps.")
-    p.add_argument("paths", nargs="+", help="run directories and/or sweep directories")
+                       "against depth, reconstructions and error maps of the given runs or sweeps, and the probes of "
+                       "`featinv probe` folders.")
+    p.add_argument("paths", nargs="+", help="run, sweep and/or probe directories (`featinv probe --out`)")
     p.add_argument("--out", required=True, help="HTML file to write")
     p.add_argument("--title", default="featinv report", help="page title")
     p.add_argument("--figures", metavar="DIR", help="also write the figures as PNG files into DIR")
@@ -464,6 +518,8 @@ def _no_abbrev(add_parser):
 COMMANDS = {
     "train": cmd_train,
     "invert": cmd_invert,
+    "probe": cmd_probe,
+    "features": cmd_features,
     "sweep": cmd_sweep,
     "report": cmd_report,
     "prepare": cmd_prepare,

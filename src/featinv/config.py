@@ -25,6 +25,7 @@ NORMS = ("batch", "none")
 UPSAMPLERS = ("resize", "lowres", "pixelshuffle", "convtranspose")
 FUSIONS = ("add", "concat")
 LOSS_TERMS = ("mse", "l1", "ssim", "ms_ssim", "perceptual")  # featinv.losses computes them
+PROBES = ("invariance", "views", "interpolate", "ablate", "metrics")  # featinv.probe runs them
 INVERSIONS = ("optimize", "refine")  # featinv.invert's methods
 SWEEP_METHODS = ("decoder", *INVERSIONS)  # the rows a sweep can have
 
@@ -82,7 +83,7 @@ class BackboneConfig:
 
 @dataclass
 class DecoderConfig:
-    name: str = setting("ladder", "decoder: ladder, pyramid (the previous default) or seed (the original's baseline)",
+    name: str = setting("ladder", "decoder: ladder, pyramid (one width for every tap) or seed (the original's baseline)",
                         flag="--decoder")
     width: int = setting(64, "channels of the decoder's path; ladder: at stride 4, doubling with the stride")
     max_width: int = setting(128, "ladder: cap on a path's channels (the coarse taps')")

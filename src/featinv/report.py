@@ -424,6 +424,16 @@ def _training_facts(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]]) ->
     return facts
 
 
+PAGE_HEAD = ("<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
+             "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}</style>")
+
+
+def is_probe_dir(path: Path) -> bool:
+    """A folder written by `featinv probe` (it holds probe.json)."""
+    return (Path(path) / "probe.json").is_file()
+
+
 def build_report(
     paths: Sequence[Path],
     out_html: Path,
@@ -431,14 +441,36 @@ def build_report(
     title: str = "featinv report",
     info: Optional[dict[str, str]] = None,
 ) -> list[dict[str, Any]]:
-    """A self-contained HTML page (figures embedded) from run or sweep directories.
+    """A self-contained HTML page (figures embedded) from run, sweep and probe directories.
 
-    Returns the table rows. ``figures_dir`` also receives the figures as PNG files.
+    Returns the table rows of the runs. ``figures_dir`` also receives the study's figures as PNG files.
     """
-    run_dirs = expand_report_paths(paths)
-    if not run_dirs:
-        raise FeatinvError("nothing to report: no run directories given.")
+    probes = [Path(p) for p in paths if is_probe_dir(p)]
+    run_dirs = expand_report_paths([p for p in paths if not is_probe_dir(p)])
+    if not run_dirs and not probes:
+        raise FeatinvError("nothing to report: no run, sweep or probe directories given.")
     rows = [run_row(d) for d in run_dirs]
+    body = _runs_section(run_dirs, rows, figures_dir, info) if run_dirs else _facts_table(info or {})
+    for p in probes:
+        body += probe_section(p)
+    page = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+            PAGE_HEAD + "</head><body>", f"<h1>{html.escape(title)}</h1>", *body, "</body></html>"]
+    atomic_write_text(out_html, "\n".join(page) + "\n")
+    return rows
+
+
+def _facts_table(facts: dict[str, str]) -> list[str]:
+    if not facts:
+        return []
+    return ["<h2>What was run</h2><table>",
+            *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v)).replace(chr(10), '<br>')}</td></tr>"
+              for k, v in facts.items()],
+            "</table>"]
+
+
+def _runs_section(run_dirs: Sequence[Path], rows: Sequence[dict[str, Any]], figures_dir: Optional[Path],
+                  info: Optional[dict[str, str]]) -> list[str]:
+    """What was run, the table, the study's figures and each run's paragraph."""
     figures = {
         "metrics_vs_depth": figure_bytes(metrics_vs_depth_figure(rows)),
         "learning_curves": figure_bytes(learning_curves_figure(run_dirs, rows)),
@@ -454,18 +486,8 @@ def build_report(
     if "command" not in facts and any(commands):
         facts["commands" if len(set(commands)) > 1 else "command"] = "\n".join(
             dict.fromkeys(f"{Path(d).name}: {c}" if len(set(commands)) > 1 else c for d, c in zip(trained, commands) if c))
-    page = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
-        "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<h2>What was run</h2><table>",
-        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v)).replace(chr(10), '<br>')}</td></tr>"
-          for k, v in facts.items()],
-        "</table>",
+    return [
+        *_facts_table(facts),
         "<h2>Results</h2><table>",
         "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table_head(rows)) + "</tr>",
         *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r, _with_methods(rows))) + "</tr>"
@@ -482,7 +504,65 @@ def build_report(
         "<p>Each run's own figures: train loss and val MSE (log scale) with val PSNR on the right axis; "
         "then its two best and two worst validation images by PSNR.</p>",
         *[_paragraph(r) + _run_figures(d) for r, d in zip(rows, run_dirs)],
-        "</body></html>",
     ]
-    atomic_write_text(out_html, "\n".join(page) + "\n")
-    return rows
+
+
+# ── probe directories → the section "What the features encode" ───────────────────────────────
+
+PROBE_TEXT = {
+    "invariance": ("Invariance and equivariance",
+                   "How far each transform of the input moves each depth's features (relative change; low: the depth "
+                   "ignores it), the change left once the maps are moved the same way (geometric transforms; low: the "
+                   "depth is equivariant), and what the decoder makes of the transformed input."),
+    "views": ("Feature views", "Each tap's channels as pictures: the first three principal components as RGB and the "
+              "most energetic channels; the share of zeros and the effective rank of the channel covariance."),
+    "interpolate": ("Interpolation", "Two images blended in each depth's feature space and decoded, beside the pixel "
+                    "cross-fade: a depth close to the cross-fade interpolates pixels, one far from it content."),
+    "ablate": ("Ablation", "A growing share of every tap's channels zeroed, the most energetic first or in a random "
+               "order (the control), and the PSNR of what the decoder makes of the rest."),
+    "metrics": ("Metrics against the eye", "Rank correlation of MSE, PSNR and SSIM over the images, per depth, and "
+                "the images on which PSNR and SSIM disagree most."),
+}
+PROBE_COLUMNS = {  # the CSV whose rows the section shows, the rows kept, and the columns
+    "invariance": ("invariance.csv", lambda r, strongest: float(r["strength"]) == strongest.get(r["transform"], -1),
+                   ["depth", "transform", "strength", "feature_change", "aligned_change", "psnr_vs_transformed",
+                    "psnr_vs_reconstruction"]),
+    "views": ("views.csv", lambda r, _: True, ["depth", "tap", "stride", "channels", "height", "width", "zero_share",
+                                               "effective_rank"]),
+    "interpolate": ("interpolation.csv", lambda r, _: float(r["alpha"]) == 0.5,
+                    ["depth", "alpha", "psnr_vs_crossfade", "psnr_vs_a", "psnr_vs_b"]),
+    "ablate": ("ablation.csv", lambda r, _: float(r["fraction"]) == 0.5, ["depth", "order", "fraction", "psnr", "ssim"]),
+    "metrics": ("metrics.csv", lambda r, _: True, ["depth", "metric_a", "metric_b", "spearman"]),
+}
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _cell(v: str) -> str:
+    try:
+        return v if v.isdigit() else f"{float(v):.3g}" if v else "—"
+    except ValueError:
+        return v
+
+
+def probe_section(folder: Path) -> list[str]:
+    """The HTML of one `featinv probe` folder: per probe, what it asks, a table and its figures."""
+    info = json.loads((Path(folder) / "probe.json").read_text(encoding="utf-8"))
+    strongest = {k: float(v[-1]) for k, v in info.get("transforms", {}).items()}
+    depths = ", ".join(f"{d['name']} ({d['title']})" for d in info["depths"])
+    out = ['<section id="probes">', "<h2>What the features encode</h2>",
+           f"<p>{html.escape(depths)}; {len(info['images'])} images ({html.escape(', '.join(info['images']))}).</p>"]
+    out += [f"<p>{html.escape(n)}</p>" for n in info.get("notes", [])]
+    for name in info["probes"]:
+        heading, text = PROBE_TEXT[name]
+        csv_name, keep, cols = PROBE_COLUMNS[name]
+        rows = [r for r in _csv_rows(Path(folder) / csv_name) if keep(r, strongest)]
+        out += [f"<h3>{html.escape(heading)}</h3>", f"<p>{html.escape(text)}</p>", "<table>",
+                "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>",
+                *["<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows],
+                "</table>"]
+        out += [_img((Path(folder) / f).read_bytes(), f"{heading}: {f}") for f in info["files"][name] if f.endswith(".png")]
+    return out + ["</section>"]
