@@ -80,7 +80,7 @@ def screen(crop: int, args: argparse.Namespace, out: Path) -> None:
                 break
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="bench-out/cache-imagenet-sample")
     p.add_argument("--split-file", default="../shared/data/imagenet-sample/split.csv")
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=8.0, help="training passes per crop size")
     p.add_argument("--every", type=float, default=2.0, help="minutes of training passes between scores")
     p.add_argument("--out", default="bench-out/crop-screen.jsonl")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,7 @@ def table(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--choose", action="store_true", help="part 1: the grid on training photos")
     p.add_argument("--images", type=int, default=8)
@@ -136,7 +136,7 @@ def main() -> int:
     p.add_argument("--refine-lrs", nargs="+", type=float, default=[0.002, 0.0005], help="--choose: refine's step sizes")
     p.add_argument("--refine-tvs", nargs="+", type=float, default=[0.05], help="--choose: refine's TV weights")
     p.add_argument("--refine-only", action="store_true", help="--choose: skip the optimize grid")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     load = os.getloadavg()[0]
     rows = choose(args) if args.choose else table(args)
@@ -156,8 +156,11 @@ def main() -> int:
     from featinv.invert import InvertConfig
 
     settings = dataclasses.asdict(InvertConfig(steps=args.steps, lr=args.lr))
-    (Path(args.out) / name).write_text(json.dumps({"rows": rows, "args": vars(args), "load": load, "settings": settings},
-                                                  indent=2, default=str) + "\n")
+    from featinv.utils import machine_class
+
+    info = {"rows": rows, "args": vars(args), "load": load, "settings": settings,
+            "machine": machine_class(args.device), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    (Path(args.out) / name).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return 0
 
 

@@ -49,10 +49,10 @@ def rescore(run_dir: Path) -> dict:
     return {"run": str(run_dir), "before": before, "after": after, "diff": diff, "images": len(recs), "seconds": took}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     rows = [rescore(r) for r in args.runs]
     print(f"| run | as saved: val PSNR / SSIM | precise BN | difference (95% bootstrap) | photos, s |")

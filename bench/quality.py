@@ -6,7 +6,7 @@ decoder, loss and schedule a plain `featinv train` uses) on the train split, for
 `--train-eval` train images (center crops, so overfitting shows). The reference lines (bicubic
 thumbnails at each stride, the mean training image) are computed on the same val images here.
 
-    python bench/quality.py --minutes 10            # the README's table
+    python bench/quality.py --minutes 20            # the depth study of docs/results.md
     python bench/quality.py --configs all seed --epochs 2 --max-images 64   # a quick look
 
 Configurations: `all` (every stage), `stride4`, `stride8`, `stride16`, `stride32` (one stage),
@@ -78,9 +78,10 @@ def run_config(name: str, layers: list[str], args: argparse.Namespace) -> RunCon
 LOAD_FILE = "bench_load.json"  # the load average when the run started, kept for the rows that reuse it
 
 
-def train_or_reuse(cfg: RunConfig, out: Path, load: float) -> dict:
+def train_or_reuse(cfg: RunConfig, out: Path, load: float | None = None) -> dict:
     """A finished run with exactly these settings is reused; anything else in ``out`` is refused.
-    A new run records ``load`` (the load average at its start) beside it."""
+    A new run records ``load`` (the load average at its start; default: now) beside it."""
+    load = os.getloadavg()[0] if load is None else load
     run = RunDir(out)
     if run.completed():
         check_same_settings(out, cfg, ignored=frozenset())
@@ -116,6 +117,12 @@ def references(cfg: RunConfig, mean_image: torch.Tensor, data: str | None = None
             acc[f"bicubic_x{stride}"].add(score(bicubic_thumbnail(x, stride), x))
         acc["mean_image"].add(score(mean_image.expand_as(x).contiguous(), x))
     return {k: a.result() for k, a in acc.items()}
+
+
+def semantic(run_dir: Path) -> dict | None:
+    """The run's semantic.json (pretrained weights only): top-1/top-5 agreement of the classifier."""
+    f = run_dir / "semantic.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def per_image_psnr(path: Path) -> dict[str, float]:
@@ -195,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_s": s["train_images_per_s"],
             "val_images": s["val_images"], "train_images": s["train_images"], "device": s["device"],
             "precision": s["precision"], "load_at_start": load_at_start(out / name),
+            "machine": s.get("machine"), "date": s.get("date"),
+            "semantic": semantic(out / name),
         })
     mean_image = RunDir(out / configs[0][0]).mean_image()
     base = run_config(configs[0][0], configs[0][1], args)
@@ -229,17 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     diffs = [(a, b) for a, b in (("all", "stride4"), ("all", "stride8")) if a in names and b in names]
     if diffs:
         lines += ["", "Paired differences on the val images (per-image PSNR, 95% bootstrap interval over images):", ""]
+    paired = []
     for a, b in diffs:
         m, lo, hi = paired_bootstrap(per_image_psnr(RunDir(out / a).per_image_path),
                                      per_image_psnr(RunDir(out / b).per_image_path))
         lines.append(f"- {a} − {b}: {m:+.2f} dB [{lo:+.2f}, {hi:+.2f}]")
+        paired.append({"a": a, "b": b, "mean_db": m, "low_db": lo, "high_db": hi})
     lines.append("")
     lines.append(f"total wall time of this invocation {(time.perf_counter() - t0) / 60:.1f} min")
     table = "\n".join(lines)
     print(table)
     (out / "quality.md").write_text(table + "\n", encoding="utf-8")
     (out / "quality.json").write_text(json.dumps({"rows": rows, "references": refs, "test_references": test_refs,
-                                                  "args": vars(args)}, indent=2) + "\n")
+                                                  "paired": paired, "args": vars(args)}, indent=2) + "\n")
     return 0
 
 

@@ -40,7 +40,7 @@ def simulate(tau: float, sigma: float, rule, runs: int, epochs: int, gain: float
     return sum(fired) / runs, sum(short) / runs
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--taus", nargs="+", type=float, default=[5, 10, 20], help="epochs to gain 63%% of the rise")
     p.add_argument("--sigmas", nargs="+", type=float, default=[0.0, 0.22, 0.57])
@@ -49,7 +49,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--min-gain", type=float, default=0.1)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rules = {"best of windows (before)": best_of_windows, "means of windows (now)": plateaued}
     print(f"| tau (epochs) | noise (dB) | " + " | ".join(f"{r}: fires at / dB below the top" for r in rules) + " |")
     print("|---|---|" + "---|" * len(rules))

@@ -15,6 +15,7 @@ replaced by where the photos came from.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import shutil
 from pathlib import Path
@@ -63,9 +64,15 @@ def ship(bench_out: Path, target: Path = TARGET) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bench_out", type=Path, help="the --out folder of bench/quality.py")
-    args = p.parse_args()
-    for d in ship(args.bench_out):
+    p.add_argument("--dest", type=Path, default=TARGET, help="where the decoders go (default: the package's assets)")
+    args = p.parse_args(argv)
+    for d in ship(args.bench_out, args.dest):
         print(f"{d}  {sum(f.stat().st_size for f in d.iterdir()) / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

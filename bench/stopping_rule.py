@@ -23,10 +23,10 @@ from quality import layers_for, paired_bootstrap, per_image_psnr, run_config, tr
 from validation_noise import best_of_windows, run_args  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = run_args(__doc__.split("\n\n")[0], ["stride16"], 40, "bench-out/stopping-rule")
     p.add_argument("--minutes", type=float, default=None, help="cap on training minutes (default: none)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.extra_data, args.set = [], None
     for name in args.configs:

@@ -9,6 +9,8 @@
 (c) the same with the images preloaded on the device (``--preload on``; the default on a GPU);
 (d) (c) at batch 16, the CPU's batch (GPU only);
 (e) (c) with ``--compile`` (GPU only);
+(f) (c) with cuDNN's autotuning off (``--set train.cudnn_benchmark=false``; GPU only): what the
+    first epoch's start-up owes to it;
 (base) with ``--baseline-src DIR``: (b) by the featinv in DIR (a worktree of an older commit), first,
     for a before/after on one machine in one run.
 
@@ -54,6 +56,7 @@ VARIANTS = {
     "c": "(c) default recipe, preloaded on the device",
     "d": "(d) (c) at batch 16",
     "e": "(e) (c) + --compile",
+    "f": "(f) (c) without cuDNN's autotuning",
     "base": "(base) (b) at --baseline-src",
 }
 
@@ -194,16 +197,17 @@ def main() -> None:
     ap.add_argument("--original", help=argparse.SUPPRESS)  # internal: run (a) in this process on this folder
     args = ap.parse_args()
 
-    from featinv.utils import resolve_device, resolve_precision
+    from featinv.utils import machine_class, resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     if args.original:
         print(json.dumps(original_loop(args.original, str(device), args.warmup, args.steps)))
         return
-    variants = args.variants or (["a", "b", "c"] if device.type == "cpu" else ["a", "b", "c", "d", "e"])
+    variants = args.variants or (["a", "b", "c"] if device.type == "cpu" else ["a", "b", "c", "d", "e", "f"])
     if args.baseline_src:
         variants = ["base", *[v for v in variants if v != "base"]]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    machine, date = machine_class(device), time.strftime("%Y-%m-%d", time.gmtime())
     print(f"device: {name}; torch {torch.__version__}; {args.images} training images from {args.data}", flush=True)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,7 +221,7 @@ def main() -> None:
         prepare_s = time.perf_counter() - t
         prepare(val_folder, tmp / "val", size=256)
         flags = {"b": ["--preload", "off"], "c": ["--preload", "on"], "d": ["--preload", "on", "--batch-size", "16"],
-                 "e": ["--preload", "on", "--compile"]}
+                 "e": ["--preload", "on", "--compile"], "f": ["--preload", "on", "--set", "train.val_bn_images=0", "train.cudnn_benchmark=false"]}
         for v in variants:
             if v == "a":
                 ifolder = tmp / "imagefolder"
@@ -237,7 +241,8 @@ def main() -> None:
                 results[v] = featinv_run(tmp / "cache", tmp / "val", tmp / f"run_{v}", str(device), args.epochs, flags[v])
             print(f"{VARIANTS[v]}: {results[v]['images_per_s']:.1f} images/s", flush=True)
             if args.json:  # kept as it goes: a run cut short keeps the variants that finished
-                write_json(args.json, {"device": name, "images": args.images, "results": results})
+                write_json(args.json, {"device": name, "machine": machine, "date": date, "images": args.images,
+                                       "results": results})
 
     precision = resolve_precision("auto", device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -259,8 +264,8 @@ def main() -> None:
               f"→ {100 * achieved / peak:.1f}% of it")
         if "a" in results:
             print(f"{best} / (a): {results[best]['images_per_s'] / results['a']['images_per_s']:.1f}x")
-    out = {"device": name, "torch": torch.__version__, "images": args.images, "epochs": args.epochs,
-           "date": time.strftime("%Y-%m-%d"), "step_gflop_per_image": flops / 1e9, "matmul_peak_tflops": peak / 1e12,
+    out = {"device": name, "machine": machine, "torch": torch.__version__, "images": args.images, "epochs": args.epochs,
+           "date": date, "step_gflop_per_image": flops / 1e9, "matmul_peak_tflops": peak / 1e12,
            "precision": precision, "prepare_s": prepare_s, "results": results}
     print(json.dumps(out))
     if args.json:

@@ -93,12 +93,12 @@ def run_args(description: str, configs: list[str], epochs: int, out: str) -> arg
     return p
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = run_args(__doc__.split("\n\n")[0], ["all"], 12, "bench-out/validation-noise")
     p.add_argument("--images", type=int, default=128, help="training photos the statistics are recomputed over")
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--min-gain", type=float, default=0.1)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.minutes, args.extra_data, args.set = None, [], None
     for name in args.configs:

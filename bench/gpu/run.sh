@@ -14,6 +14,7 @@
 #   all         the default recipe on all four stages (batch 256, preloaded) under a time budget:
 #               its learning curve and rate, for the ImageNet-val estimate
 #   compile     bench/throughput.py --variants e: the preloaded default with --compile
+# TP_LIMIT=400 gives the throughput part 400 s (its six variants on a GPU, compile and no-autotune included).
 # PARTS="throughput compile" runs only those (the older parts invert, noise and rule too).
 # SMOKE=1 DEVICE=cpu PYTHON=.venv/bin/python bash bench/gpu/run.sh  tries every part in seconds on a CPU.
 set -u
@@ -53,7 +54,7 @@ cat "$O/env.txt"
 
 part prepare 60 bash -c "$PY -m featinv prepare --data $D --out $W/cache --size 256 && \
     $PY -m featinv prepare --data $X --out $W/extra --size 256"
-part throughput 220 $PY bench/throughput.py --device "$DEV" --data "$D" $TP --json "$W/throughput.json"
+part throughput ${TP_LIMIT:-220} $PY bench/throughput.py --device "$DEV" --data "$D" $TP --json "$W/throughput.json"
 cp "$W/throughput.log" "$W/throughput.json" "$O/" 2>/dev/null
 # the stride-4 decoder on the 900 + 1,537 training photos, val = the split's 100
 T="$PY -m featinv train --data $W/cache --split-file $D/split.csv --extra-data $W/extra --backbone efficientnet_lite0 \

@@ -142,10 +142,13 @@ class TrainConfig:
     seed: int = setting(0, "seed for data order, crops and initial weights")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     num_save: int = setting(8, "validation pairs saved at the end")
+    log: str = setting("none", "live curves: tensorboard writes every epoch's metrics and a few val reconstructions "
+                       "into RUN/tensorboard (the tensorboard extra); none: metrics.csv only", choices=("none", "tensorboard"))
     checkpoint_every: int = setting(200, "steps between mid-epoch checkpoints; 0: epoch ends only")
     precision: str = setting("auto", "autocast precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older "
                              "GPUs, else fp32", choices=PRECISIONS)
     channels_last: bool = setting(True, "NHWC tensors for the convolutions", flag=None)
+    cudnn_benchmark: bool = setting(True, "let cuDNN time its algorithms for each new input shape (GPU)", flag=None)
     compile: bool = setting(False, "torch.compile the decoder (opt-in: compile time, platform support)")
     grad_clip: float = setting(0.0, "clip the gradient norm to this; 0 turns it off")
     ema: float = setting(0.995, "decay of an exponential moving average of the decoder weights (warmed up over the "

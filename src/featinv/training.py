@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -45,7 +46,10 @@ from .losses import build_loss
 from .preload import PRELOAD_SHARE, DeviceImages, DeviceLoader, preload_blocker, preload_bytes
 from .rundir import CHECKPOINT_FORMAT, RunDir
 from .schedule import decide_decay, epoch_cost, lr_factor, plateau_factor, room_left
-from .utils import FeatinvError, autocast, console_messages, progress_enabled, resolve_device, resolve_precision
+from .tblog import IMAGES as TB_IMAGES, TensorBoardLog
+from .utils import (
+    FeatinvError, autocast, console_messages, machine_class, progress_enabled, resolve_device, resolve_precision,
+)
 
 log = logging.getLogger("featinv")
 
@@ -367,6 +371,7 @@ class Trainer:
                  command: Optional[str] = None, semantic: bool = True, signals: Optional[StopSignals] = None) -> None:
         self.cfg, self.run = cfg, run if isinstance(run, RunDir) else RunDir(run)
         self.command, self.semantic = command, semantic
+        self.tb: Optional[TensorBoardLog] = None  # --log tensorboard, rank 0, opened when the loop starts
         self.signals = signals if signals is not None else StopSignals()
         validate_config(cfg)
         t0 = time.perf_counter()
@@ -378,7 +383,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         self._build_data()
         self._build_models()
         self.budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
@@ -713,7 +718,7 @@ class Trainer:
         t = self.cfg.train
         mean_image = self.state.mean.result() if final else None
         return self.evaluate_part(self.val_loader, self.val_part, self.skips, desc="validate",
-                                  keep=t.num_save if final else 0, mean_image=mean_image,
+                                  keep=t.num_save if final else TB_IMAGES if self.tb else 0, mean_image=mean_image,
                                   reference_stride=self.ref_stride if final else None)
 
     def evaluate_part(self, loader: Any, records: list, skips: SkipLog, **kw: Any) -> Evaluation:
@@ -842,6 +847,8 @@ class Trainer:
                 self.run.record_failure(str(e))
             raise
         finally:
+            if self.tb:
+                self.tb.close()
             close_loader(self.train_loader)
             close_loader(self.val_loader)
             if self.decay_loader is not None:
@@ -850,6 +857,8 @@ class Trainer:
     def _loop(self) -> tuple[Optional[Evaluation], str]:
         s, t = self.state, self.cfg.train
         reason = self.already_finished()
+        if t.log == "tensorboard" and self.world.main and reason is None:
+            self.tb = TensorBoardLog(self.run.path / "tensorboard", first_epoch=s.progress.epoch)
         ev: Optional[Evaluation] = None
         start, first = s.progress.epoch, s.progress.step
         while reason is None:
@@ -873,7 +882,9 @@ class Trainer:
                 # jumps by tenths of a dB from epoch to epoch, and the stopping rule reads noise.
                 self.recalibrate_norms(t.val_bn_images)
             ev = self.validate(final)
-            self.end_epoch(epoch, ev, train_time, final, train_parts, n)
+            row = self.end_epoch(epoch, ev, train_time, final, train_parts, n)
+            if self.tb:
+                self.tb.epoch(row, ev.originals, ev.reconstructions)
             reason = self.should_stop(epoch, out_of_time)
             start, first = epoch + 1, 0
         return ev, reason
@@ -943,6 +954,8 @@ class Trainer:
             "python": platform.python_version(),
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "precision": self.precision,
+            "machine": machine_class(device),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "channels_last": cfg.train.channels_last,
             "status": "completed",
             "command": self.command,

@@ -187,7 +187,7 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` → bf16 on GPUs that support it, fp16 on older GPUs; on the CPU, bf16 where the
     processor has native bf16 (2.5× the fp32 training throughput, measured by
-    bench/throughput.py on this project's AVX512-BF16 machine), else fp32."""
+    bench/throughput.py on a 2-core AVX512-BF16 CPU), else fp32."""
     import torch
 
     if name not in PRECISIONS:
@@ -199,6 +199,37 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def _cpu_model() -> str:
+    """The processor's vendor and family from /proc/cpuinfo ("Intel Xeon", "AMD EPYC"), or ``platform``'s word."""
+    import platform
+    import re
+
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        name = re.search(r"^model name\s*:\s*(.+)$", text, re.M).group(1)
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine() or "CPU"
+    name = re.sub(r"\((R|TM|tm|r)\)|\bProcessor\b|\bCPU\b|@.*$", " ", name)
+    words = [w for w in name.split() if not any(c.isdigit() for c in w) and w.lower() not in ("core", "gold", "silver")]
+    return " ".join(words[:2]) or "CPU"
+
+
+def machine_class(device: Union[str, "torch.device"] = "cpu") -> str:
+    """What a measurement ran on, in the words result tables use: "one NVIDIA H200" or
+    "2-core AMD EPYC, AVX512-BF16" (the CPU's cores and its bf16 support, which decides speed)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev).replace(" 80GB HBM3", "").replace(" 80GB", "")
+        return f"one {name}"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    isa = "AMX" if amx else "AVX512-BF16" if bf16 else "AVX2"
+    return f"{cpus}-core {_cpu_model()}, {isa}"
 
 
 def autocast(precision: str, device: torch.device):
