@@ -31,13 +31,14 @@ import torch
 
 from featinv.backbones import get_spec
 from featinv.cli import apply_set
-from featinv.config import RunConfig
+from featinv.config import RunConfig, resolve_recipe
 from featinv.data import ImageDataset, SkipLog, find_images, make_loader, split_for_config, to_float, usable_records
 from featinv.evaluate import evaluate_run
 from featinv.metrics import MeanAccumulator, bicubic_thumbnail, score
 from featinv.rundir import RunDir
 from featinv.sweep import check_same_settings
 from featinv.training import train
+from featinv.utils import resolve_device
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
@@ -84,7 +85,8 @@ def train_or_reuse(cfg: RunConfig, out: Path, load: float | None = None) -> dict
     load = os.getloadavg()[0] if load is None else load
     run = RunDir(out)
     if run.completed():
-        check_same_settings(out, cfg, ignored=frozenset())
+        # config.yaml records the batch size and learning rate the device chose: compare with those
+        check_same_settings(out, resolve_recipe(cfg, resolve_device(cfg.train.device)), ignored=frozenset())
         logging.info("reusing %s", out)
         return run.read_summary()
     if run.has_config():

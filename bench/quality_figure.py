@@ -1,4 +1,4 @@
-"""The README's quality figure: bench/quality.py's decoders on the bundled photos.
+"""The quality figure of docs/results.md: bench/quality.py's decoders on the bundled photos.
 
 The decoders were trained on ImageNet photos (and others), which may not be redistributed; the figure shows
 them reconstructing the CC0 photos bundled with featinv instead (never seen in training), so it

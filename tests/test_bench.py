@@ -76,6 +76,15 @@ def test_quality_writes_its_table_with_machine_date_and_agreement(quality_runs):
     assert set(q["references"]) == {"bicubic_x4", "bicubic_x8", "bicubic_x16", "bicubic_x32", "mean_image"}
 
 
+def test_quality_reuses_its_finished_configurations(quality_runs, photos):
+    """The same command again trains nothing: config.yaml holds the batch size and learning rate
+    the device chose, and the comparison resolves the command's own before comparing."""
+    before = (quality_runs / "stride8" / "summary.json").stat().st_mtime_ns
+    assert bench("quality").main(["--data", str(photos), "--configs", "stride8", "--epochs", "1", "--test-data", "none",
+                                  "--device", "cpu", "--out", str(quality_runs)]) == 0
+    assert (quality_runs / "stride8" / "summary.json").stat().st_mtime_ns == before
+
+
 def test_paired_of_a_run_with_itself_is_zero(quality_runs, capsys):
     assert bench("paired").main([str(quality_runs / "stride4"), str(quality_runs / "stride4")]) == 0
     assert "+0.00 dB [+0.00, +0.00]" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Decoders that ship with the package: one per stage of EfficientNet-Lite0 (ImageNet weights),
-trained on the 900 training photos of the imagenet-sample split by ``bench/quality.py`` and
-copied in by ``bench/ship_decoders.py``. Each is a minimal run directory, so ``load_run`` reads
+trained on 2,437 photos (the imagenet-sample split's 900 training photos and 1,537 more) by
+``bench/quality.py --extra-data`` and copied in by ``bench/ship_decoders.py``. Each is a minimal run directory, so ``load_run`` reads
 it. Trained on ImageNet photos: for research and education (ImageNet's terms of use).
 """
 

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -39,7 +40,7 @@ from .config import PROBES
 from .evaluate import Run, load_run
 from .images import list_folder, load_image, preprocess
 from .pretrained import shipped_decoders
-from .utils import FeatinvError, atomic_write_text
+from .utils import FeatinvError, atomic_write_text, machine_class
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +471,8 @@ def run_probes(depths: Sequence[Depth], names: Sequence[str], x: torch.Tensor, o
                        for d in depths],
             "images": list(names), "probes": probes, "files": files, "notes": notes,
             "transforms": {k: list(v) for k, v in TRANSFORMS.items()}, "fractions": list(FRACTIONS),
-            "alphas": list(ALPHAS), "seed": SEED}
+            "alphas": list(ALPHAS), "seed": SEED, "machine": machine_class(depths[0].device) if depths else None,
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
     atomic_write_text(out / "probe.json", json.dumps(info, indent=2) + "\n")
     return info
 

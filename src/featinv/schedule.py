@@ -21,8 +21,7 @@ def plateaued(history: Sequence[float], window: int, min_gain: float) -> bool:
     ``2 * window`` values.
 
     Means, not bests: the best of many noisy epochs sits further above the curve than the best of
-    a few, so a rule comparing bests fires while PSNR still rises whenever validation is noisy
-    (it did on the recorded GPU run of bench/results: +0.08 dB per epoch, fired at epoch 19).
+    a few, so a rule comparing bests fires while PSNR still rises whenever validation is noisy.
     A mean is as likely above the curve as below it, and one odd epoch moves it by 1/``window``.
     """
     if window < 1 or len(history) < 2 * window:

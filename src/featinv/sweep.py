@@ -203,7 +203,7 @@ def run_sweep(
     check_layers(entries)
     t0 = time.perf_counter()
     # Under torchrun every rank runs the same plan, each configuration data-parallel over all of
-    # them (see the README); rank 0 alone writes the sweep's files.
+    # them (docs/guide/distributed.md); rank 0 alone writes the sweep's files.
     main = dist.world_from_env().main
     for e in entries:  # refuse before anything is written, sweep.json included
         if RunDir(out / "runs" / e.name).completed():
