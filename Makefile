@@ -26,7 +26,7 @@ test-all: $(STAMP) chromium
 # mkdocs build --strict: a broken link, a missing page or a bad API reference fails the build.
 docs: $(STAMP)
 	$(BIN)/python bench/tables.py --check
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # Rewrite the documentation's result tables from the committed result files (bench/results/).
 tables: $(STAMP)
