@@ -118,7 +118,7 @@ def expand_report_paths(paths: Sequence[Path]) -> list[Path]:
         elif RunDir(p).summary_path.is_file() or RunDir(p).has_config() or RunDir(p).read_inversion() is not None:
             runs.append(p)
         else:
-            raise FeatinvError(f"{p} is neither a featinv run, an inversion nor a sweep directory.")
+            raise FeatinvError(f"{p} is neither a featinv run, an inversion, a sweep nor a probe directory.")
     return runs
 
 
