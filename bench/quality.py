@@ -31,14 +31,13 @@ import torch
 
 from featinv.backbones import get_spec
 from featinv.cli import apply_set
-from featinv.config import RunConfig, resolve_recipe
+from featinv.config import RunConfig
 from featinv.data import ImageDataset, SkipLog, find_images, make_loader, split_for_config, to_float, usable_records
 from featinv.evaluate import evaluate_run
 from featinv.metrics import MeanAccumulator, bicubic_thumbnail, score
 from featinv.rundir import RunDir
 from featinv.sweep import check_same_settings
 from featinv.training import train
-from featinv.utils import resolve_device
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
@@ -85,8 +84,7 @@ def train_or_reuse(cfg: RunConfig, out: Path, load: float | None = None) -> dict
     load = os.getloadavg()[0] if load is None else load
     run = RunDir(out)
     if run.completed():
-        # config.yaml records the batch size and learning rate the device chose: compare with those
-        check_same_settings(out, resolve_recipe(cfg, resolve_device(cfg.train.device)), ignored=frozenset())
+        check_same_settings(out, cfg, ignored=frozenset())
         logging.info("reusing %s", out)
         return run.read_summary()
     if run.has_config():
@@ -119,12 +117,6 @@ def references(cfg: RunConfig, mean_image: torch.Tensor, data: str | None = None
             acc[f"bicubic_x{stride}"].add(score(bicubic_thumbnail(x, stride), x))
         acc["mean_image"].add(score(mean_image.expand_as(x).contiguous(), x))
     return {k: a.result() for k, a in acc.items()}
-
-
-def semantic(run_dir: Path) -> dict | None:
-    """The run's semantic.json (pretrained weights only): top-1/top-5 agreement of the classifier."""
-    f = run_dir / "semantic.json"
-    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def per_image_psnr(path: Path) -> dict[str, float]:
@@ -205,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_images": s["val_images"], "train_images": s["train_images"], "device": s["device"],
             "precision": s["precision"], "load_at_start": load_at_start(out / name),
             "machine": s.get("machine"), "date": s.get("date"),
-            "semantic": semantic(out / name),
+            "semantic": RunDir(out / name).read_semantics(),
         })
     mean_image = RunDir(out / configs[0][0]).mean_image()
     base = run_config(configs[0][0], configs[0][1], args)

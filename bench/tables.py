@@ -13,7 +13,7 @@ tests/test_docs.py fails when a page's table differs from what its files give.
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import json
 import re
 import statistics
@@ -23,6 +23,8 @@ from typing import Callable
 
 import yaml
 
+from featinv.rundir import read_csv
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = "bench/results"
 DECODERS = "src/featinv/assets/decoders"
@@ -31,11 +33,15 @@ BLOCK = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 # --- reading result files -------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _sources(root: Path) -> dict:
+    return yaml.safe_load((root / RESULTS / "sources.yaml").read_text(encoding="utf-8")) or {}
+
+
 def provenance(root: Path, rel: str, data: dict | None = None) -> dict:
     """machine, date, command and status of a result file: its own fields first, then sources.yaml."""
-    sources = yaml.safe_load((root / RESULTS / "sources.yaml").read_text(encoding="utf-8")) or {}
     known: dict = {}
-    for key, value in sources.items():
+    for key, value in _sources(root).items():
         if rel == key or rel.startswith(key.rstrip("/") + "/"):
             known.update(value)
     data = data or {}
@@ -58,8 +64,7 @@ def shipped(root: Path) -> list[dict]:
 
 
 def metrics_csv(root: Path, rel: str) -> list[dict]:
-    with open(root / rel, newline="", encoding="utf-8") as f:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in read_csv(root / rel)]
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -113,8 +118,8 @@ def table_headline(root: Path) -> str:
 
 def table_shipped(root: Path) -> str:
     """Results: the shipped decoders in full."""
-    body = []
-    for s in shipped(root):
+    rows, body = shipped(root), []
+    for s in rows:
         t = thumbnail(s)
         conv = "yes" if s["converged"] else f"no ({s['stop_reason']})"
         body.append([stage_name(s), f"{db(s['val']['psnr'])} / {ssim(s['val']['ssim'])}",
@@ -124,7 +129,7 @@ def table_shipped(root: Path) -> str:
                      s["_source"]["machine"], s["_source"]["date"]])
     header = ["stage (stride)", "val PSNR / SSIM", "bicubic thumbnail", "train PSNR", "parameters", "converged",
               "epochs", "minutes", "training photos", "precision", "machine", "date"]
-    return f"{markdown(header, body)}\n\nReproduce: `{shipped(root)[0]['_source']['command']}`."
+    return f"{markdown(header, body)}\n\nReproduce: `{rows[0]['_source']['command']}`."
 
 
 DEPTH_STUDY = f"{RESULTS}/quality-cpu.json"
@@ -244,8 +249,7 @@ PROBE = f"{RESULTS}/probe-shipped"
 
 
 def _probe_rows(root: Path, name: str) -> list[dict]:
-    with open(root / PROBE / name, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return read_csv(root / PROBE / name)
 
 
 def _per_depth(rows: list[dict], depths: list[str], cell: Callable[[dict], str], **match: str) -> list[str]:

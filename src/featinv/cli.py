@@ -353,12 +353,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import build_report
+    from .report import build_report, is_probe_dir
 
     rows = build_report([Path(p) for p in args.paths], Path(args.out), title=args.title,
                         figures_dir=Path(args.figures) if args.figures else None,
                         info={"report command": args.command_line})
-    probes = sum((Path(p) / "probe.json").is_file() for p in args.paths)
+    probes = sum(map(is_probe_dir, args.paths))
     parts = [f"{len(rows)} configuration{'s' if len(rows) != 1 else ''}"] if rows or not probes else []
     parts += [f"{probes} probe folder{'s' if probes != 1 else ''}"] if probes else []
     print(f"wrote {args.out} ({', '.join(parts)})")

@@ -369,13 +369,7 @@ def reconstruct_files(
     """Reconstruct the given image files, and the images of the given folders, (center crop) into
     ``out``: the PNG pairs, ``per_image.csv`` (MSE, PSNR, SSIM against the crop) and
     ``comparison.png`` (the first eight side by side); returns the files written."""
-    paths = [p for name in images for p in _image_paths(Path(name))]
-    decoded = []
-    for p in paths:  # every file is read before the model loads: a bad one is reported at once
-        try:
-            decoded.append((p, load_image(p)))
-        except Exception as e:  # noqa: BLE001 - report any decode failure in one line
-            raise FeatinvError(f"cannot read image {p}: {e}") from None
+    decoded = read_images(image_paths(images))  # before the model loads: a bad file is reported at once
     if not isinstance(run, Run):
         run = load_run(run)
     out = Path(out)
@@ -403,14 +397,29 @@ def reconstruct_files(
     return written + [out / "per_image.csv", out / "comparison.png"]
 
 
-def _image_paths(path: Path) -> list[Path]:
-    """A file as itself; a folder as its images (recursively, in a stable order)."""
-    if path.is_dir():
-        images = list_folder(path.resolve())
-        if not images.records:
-            raise FeatinvError(f"no images in {path}.")
-        return [path / r.relpath for r in images.records]  # as the user typed the folder
-    return [path]
+def image_paths(names: Sequence[Union[str, Path]]) -> list[Path]:
+    """Each file as itself, each folder as its images (recursively, in a stable order)."""
+    paths = []
+    for path in map(Path, names):
+        if path.is_dir():
+            images = list_folder(path.resolve())
+            if not images.records:
+                raise FeatinvError(f"no images in {path}.")
+            paths += [path / r.relpath for r in images.records]  # as the user typed the folder
+        else:
+            paths.append(path)
+    return paths
+
+
+def read_images(paths: Sequence[Path]) -> list[tuple[Path, Any]]:
+    """(path, RGB PIL image) for each file; a file that cannot be decoded is one sentence."""
+    decoded = []
+    for p in paths:
+        try:
+            decoded.append((p, load_image(p)))
+        except Exception as e:  # noqa: BLE001 - report any decode failure in one line
+            raise FeatinvError(f"cannot read image {p}: {e}") from None
+    return decoded
 
 
 def agreement(logits_original: torch.Tensor, logits_reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

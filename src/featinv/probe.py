@@ -18,7 +18,6 @@ command on the same photos writes the same CSV files.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -37,9 +36,10 @@ from . import metrics as M
 from . import probefigures as PF
 from .backbones import FeatureExtractor
 from .config import PROBES
-from .evaluate import Run, load_run
-from .images import list_folder, load_image, preprocess
+from .evaluate import Run, image_paths, load_run, read_images
+from .images import preprocess
 from .pretrained import shipped_decoders
+from .rundir import write_csv
 from .utils import FeatinvError, atomic_write_text, machine_class
 
 log = logging.getLogger(__name__)
@@ -106,23 +106,11 @@ def load_depths(runs: Sequence[Union[str, Path]] = (), shipped: bool = False, de
 def load_images(paths: Sequence[Union[str, Path]], image_size: int = 224, resize: int = 256,
                 max_images: Optional[int] = None) -> tuple[list[str], torch.Tensor]:
     """Image files and folders → (names, B×3×H×W [0,1] center crops), in a stable order."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += [p / r.relpath for r in list_folder(p.resolve()).records]
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FeatinvError(f"{p} does not exist; give image files or folders with --data.")
-    files = files[:max_images] if max_images else files
-    if not files:
-        raise FeatinvError(f"no images in {', '.join(map(str, paths))}.")
-    crops = []
-    for f in files:
-        try:
-            crops.append(preprocess(load_image(f), image_size, resize, train=False))
-        except Exception as e:  # noqa: BLE001 - any decode failure is the user's file: one line
-            raise FeatinvError(f"cannot read image {f}: {e}") from None
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FeatinvError(f"{missing[0]} does not exist; give image files or folders with --data.")
+    files = image_paths(paths)[:max_images] if max_images else image_paths(paths)
+    crops = [preprocess(img, image_size, resize, train=False) for _, img in read_images(files)]
     return [f.stem for f in files], torch.stack(crops).float().div(255.0)
 
 
@@ -432,21 +420,19 @@ def disagreements(per_image: Sequence[dict], depth: str, k: int = 3) -> list[dic
 
 # --- writing ------------------------------------------------------------------------------------
 
-def write_csv(rows: Sequence[dict], path: Path) -> None:
+def write_rows(rows: Sequence[dict], path: Path) -> None:
     """Rows as CSV (floats to 6 significant digits, so reruns write identical files)."""
-    buf = io.StringIO()
-    cols = list(rows[0]) if rows else []
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    fmt = [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    write_csv(path, fmt, list(rows[0]) if rows else [])
 
 
-def check_probes(probes: Sequence[str]) -> list[str]:
+def check_request(probes: Sequence[str], n_images: int) -> list[str]:
+    """The probes asked for, in order and once each; one sentence for an unknown probe or too few images."""
     unknown = [p for p in probes if p not in PROBES]
     if unknown:
         raise FeatinvError(f"unknown probe {unknown[0]!r}; probes: {', '.join(PROBES)}.")
+    if "interpolate" in probes and n_images < 2:
+        raise FeatinvError("the interpolate probe needs at least two images; give more with --data.")
     return list(dict.fromkeys(probes))
 
 
@@ -454,9 +440,7 @@ def run_probes(depths: Sequence[Depth], names: Sequence[str], x: torch.Tensor, o
                probes: Sequence[str] = PROBES) -> dict[str, Any]:
     """Run ``probes`` on the depths and images; write each probe's CSV and figures into ``out``
     and ``probe.json`` (what was probed, the files written). Returns probe.json's content."""
-    probes = check_probes(probes)
-    if "interpolate" in probes and len(x) < 2:
-        raise FeatinvError("the interpolate probe needs at least two images; give more with --data.")
+    probes = check_request(probes, len(x))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
@@ -479,7 +463,7 @@ def run_probes(depths: Sequence[Depth], names: Sequence[str], x: torch.Tensor, o
 
 def _run_invariance(depths, names, x, out):
     rows, shown = invariance(depths, x)
-    write_csv(rows, out / "invariance.csv")
+    write_rows(rows, out / "invariance.csv")
     strongest = [(k, v[-1]) for k, v in TRANSFORMS.items()]
     figures.save_figure(PF.invariance_grid([d.name for d in depths], shown, strongest, names[0]), out / "invariance.png")
     figures.save_figure(PF.invariance_curves(rows, [d.name for d in depths]), out / "invariance_curves.png")
@@ -488,21 +472,21 @@ def _run_invariance(depths, names, x, out):
 
 def _run_views(depths, names, x, out):
     rows, views = feature_views([(d.name, d.run.extractor) for d in depths], x)
-    write_csv(rows, out / "views.csv")
+    write_rows(rows, out / "views.csv")
     figures.save_figure(PF.views_figure(x[0], views, names[0]), out / "views.png")
     return ["views.csv", "views.png"], ""
 
 
 def _run_interpolate(depths, names, x, out):
     rows, pictures = interpolate(depths, x[0], x[1])
-    write_csv(rows, out / "interpolation.csv")
+    write_rows(rows, out / "interpolation.csv")
     figures.save_figure(PF.interpolation_figure(pictures, ALPHAS, names[0], names[1]), out / "interpolation.png")
     return ["interpolation.csv", "interpolation.png"], ""
 
 
 def _run_ablate(depths, names, x, out):
     rows, shown = ablate(depths, x)
-    write_csv(rows, out / "ablation.csv")
+    write_rows(rows, out / "ablation.csv")
     figures.save_figure(PF.ablation_curves(rows, [d.name for d in depths]), out / "ablation.png")
     figures.save_figure(PF.ablation_pictures(x[0], shown, [d.name for d in depths], names[0]), out / "ablation_50.png")
     return ["ablation.csv", "ablation.png", "ablation_50.png"], ""
@@ -510,8 +494,8 @@ def _run_ablate(depths, names, x, out):
 
 def _run_metrics(depths, names, x, out):
     per_image, corr, recon, note = metrics_probe(depths, x, names)
-    write_csv(per_image, out / "metrics_per_image.csv")
-    write_csv(corr, out / "metrics.csv")
+    write_rows(per_image, out / "metrics_per_image.csv")
+    write_rows(corr, out / "metrics.csv")
     gallery = {d.name: disagreements(per_image, d.name) for d in depths}
     rho = {r["depth"]: r["spearman"] for r in corr if (r["metric_a"], r["metric_b"]) == ("psnr", "ssim")}
     figures.save_figure(PF.metrics_gallery(x, names, recon, gallery, rho), out / "metrics_gallery.png")
@@ -527,12 +511,11 @@ def probe(runs: Sequence[Union[str, Path]] = (), shipped: bool = False, data: Se
           device: str = "auto") -> dict[str, Any]:
     """`featinv probe`: load the depths (``runs`` and/or the ``shipped`` decoders), the first
     ``max_images`` images of ``data`` (files or folders), run the probes, write into ``out``."""
-    probes = check_probes(probes)
+    check_request(probes, 2)
     if not data:
         raise FeatinvError("give --data: image files or folders to probe.")
     names, x = load_images(data, max_images=max_images)  # the photos are checked before any model loads
-    if "interpolate" in probes and len(x) < 2:
-        raise FeatinvError("the interpolate probe needs at least two images; give more with --data.")
+    probes = check_request(probes, len(x))
     depths = load_depths(runs, shipped, device)
     sizes = {d.run.config.data.image_size for d in depths}
     if sizes != {x.shape[-1]}:
@@ -551,6 +534,6 @@ def features(images: Sequence[Union[str, Path]], out: Union[str, Path], backbone
     rows, views = feature_views([(f"{backbone} ({weights})", fe)], x)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "views.csv")
+    write_rows(rows, out / "views.csv")
     figures.save_figure(PF.views_figure(x[0], views, names[0]), out / "views.png")
     return rows

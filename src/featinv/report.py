@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .figures import figure_bytes, image_grid, pyplot
-from .rundir import RunDir
+from .rundir import RunDir, read_csv
 from .utils import FeatinvError, atomic_write_bytes, atomic_write_text
 
 
@@ -536,11 +536,6 @@ PROBE_COLUMNS = {  # the CSV whose rows the section shows, the rows kept, and th
 }
 
 
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def _cell(v: str) -> str:
     try:
         return v if v.isdigit() else f"{float(v):.3g}" if v else "—"
@@ -559,7 +554,7 @@ def probe_section(folder: Path) -> list[str]:
     for name in info["probes"]:
         heading, text = PROBE_TEXT[name]
         csv_name, keep, cols = PROBE_COLUMNS[name]
-        rows = [r for r in _csv_rows(Path(folder) / csv_name) if keep(r, strongest)]
+        rows = [r for r in read_csv(Path(folder) / csv_name) if keep(r, strongest)]
         out += [f"<h3>{html.escape(heading)}</h3>", f"<p>{html.escape(text)}</p>", "<table>",
                 "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>",
                 *["<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows],

@@ -102,9 +102,11 @@ def check_same_settings(
     run_dir: Path, cfg: RunConfig, ignored: frozenset = frozenset({("train", "device"), ("data", "num_workers")})
 ) -> None:
     """A finished run is reused only if it was trained as ``cfg`` would train it (``ignored``
-    keys aside: by default those that change where it ran, not what it learned)."""
+    keys aside: by default those that change where it ran, not what it learned). config.yaml holds
+    the batch size and learning rate the device chose, so ``cfg``'s are resolved the same way first."""
     from .config import diff_configs
 
+    cfg = resolve_recipe(cfg, resolve_device(cfg.train.device), dist.world_from_env().size)
     changed = [k for k in diff_configs(RunDir(run_dir).read_config().to_dict(), cfg.to_dict()) if k not in ignored]
     if changed:
         raise FeatinvError(

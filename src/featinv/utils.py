@@ -225,11 +225,10 @@ def machine_class(device: Union[str, "torch.device"] = "cpu") -> str:
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev).replace(" 80GB HBM3", "").replace(" 80GB", "")
         return f"one {name}"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     isa = "AMX" if amx else "AVX512-BF16" if bf16 else "AVX2"
-    return f"{cpus}-core {_cpu_model()}, {isa}"
+    return f"{usable_cpus()}-core {_cpu_model()}, {isa}"
 
 
 def autocast(precision: str, device: torch.device):
@@ -240,6 +239,10 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_num_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(cpus - 1, 8))
+    return max(0, min(usable_cpus() - 1, 8))
