@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all docs tables dist chromium clean
+.PHONY: demo test test-all docs tables dist mutants chromium clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-all: $(STAMP) chromium
 docs: $(STAMP)
 	$(BIN)/python bench/tables.py --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+# Plant each bug of mutants/mutants.yaml in turn, run the tests that must catch it, restore the
+# tree; prints caught / not caught (not part of make test: a few minutes).
+mutants: $(STAMP)
+	$(BIN)/python mutants/run.py
 
 # Rewrite the documentation's result tables from the committed result files (bench/results/).
 tables: $(STAMP)

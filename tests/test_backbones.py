@@ -207,3 +207,31 @@ def test_efficientnet_lite0_classifies_all_1000_photos():
     top1, top5, n = _lite0_accuracy(every=1)
     assert n == 1000
     assert top1 >= 0.85 and top5 >= 0.95
+
+
+TORCHVISION = [name for name, spec in BACKBONES.items() if spec.requires is None]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_normalization_is_the_one_torchvision_ships_with_the_weights(name):
+    """The mean and std come from the weights' own transforms (torchvision's metadata, no
+    download), and the extractor applies exactly them."""
+    from torchvision.models import get_model_weights
+
+    spec = BACKBONES[name]
+    weights = next(w for w in get_model_weights(name) if w.url.endswith("/" + spec.weights_file))
+    t = weights.transforms()
+    assert list(spec.mean) == pytest.approx(t.mean, abs=1e-9) and list(spec.std) == pytest.approx(t.std, abs=1e-9)
+    if name == "resnet18":  # one extractor: normalize is (x - mean) / std per channel
+        x = torch.rand(1, 3, 4, 4)
+        want = (x - torch.tensor(t.mean).view(1, 3, 1, 1)) / torch.tensor(t.std).view(1, 3, 1, 1)
+        assert torch.allclose(FeatureExtractor(name, "random", ["stage1"]).normalize(x), want)
+
+
+def test_efficientnet_lite_normalization_is_its_tensorflow_sources():
+    """EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 (efficientnet_lite_builder's
+    MEAN_RGB = 127, STDDEV_RGB = 128): 0.498 and 0.502 in [0,1] units, which featinv rounds to 0.5;
+    not the ImageNet mean and std that the PyTorch port's README example shows."""
+    spec = BACKBONES["efficientnet_lite0"]
+    assert spec.mean == pytest.approx([127 / 255] * 3, abs=0.003)
+    assert spec.std == pytest.approx([128 / 255] * 3, abs=0.003)

@@ -27,6 +27,16 @@ def test_plateau_rule(history, expected):
     assert plateaued(history, window=4, min_gain=0.1) is expected
 
 
+@pytest.mark.parametrize("window", [1, 2, 4, 6])
+def test_the_rule_needs_exactly_two_windows(window):
+    """Flat values fire the rule as soon as there are two windows of them, not one value later;
+    one value fewer cannot tell."""
+    assert plateaued([20.0] * (2 * window), window=window, min_gain=0.1)
+    assert not plateaued([20.0] * (2 * window - 1), window=window, min_gain=0.1)
+    rising = [20.0 + 0.2 * i for i in range(2 * window)]  # +0.2 dB per epoch: a gain of 0.2·window
+    assert not plateaued(rising, window=window, min_gain=0.1)
+
+
 def test_the_rule_reads_through_noise_on_a_recorded_run():
     """The GPU run of bench/results rose about 0.08 dB per epoch from epoch 10 to 19 with noise of a
     few tenths; a rule comparing the best epochs fired at epoch 19 (one good epoch, 15, set the bar),

@@ -190,3 +190,36 @@ def test_split_file_gives_a_fixed_split(tmp_path):
     (tmp_path / "bad.csv").write_text("file,split\nimg0.png,test\n")
     with pytest.raises(FeatinvError, match="train or val"):
         split_for_config(DataConfig(data=str(tmp_path), split_file=str(tmp_path / "bad.csv")), SkipLog())
+
+
+def test_each_pass_has_its_own_shuffled_order():
+    """A permutation per (seed, pass): the passes of one epoch (repeats), the epochs, and the seeds
+    all differ, and each pass visits every image once."""
+    from featinv.data import EpochSampler
+
+    n = 20
+    s = EpochSampler(n, shuffle=True, seed=3, repeats=2)
+    orders = []
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        items = list(s)
+        assert [p for _, p in items] == [2 * epoch] * n + [2 * epoch + 1] * n  # its passes, in turn
+        orders += [[i for i, _ in items[:n]], [i for i, _ in items[n:]]]
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    assert len({tuple(o) for o in orders}) == len(orders)  # six passes, six orders
+    other = EpochSampler(n, shuffle=True, seed=4, repeats=2)
+    assert [i for i, _ in other][:n] != orders[0]
+    plain = EpochSampler(n, shuffle=False)
+    plain.set_epoch(5)
+    assert list(plain) == [(i, 5) for i in range(n)]
+
+
+def test_to_float_maps_uint8_255_to_exactly_one():
+    """Pixels are [0,1]: 0 → 0, 255 → 1.0 exactly, v → v/255 (the path of training, evaluation
+    and preloaded batches)."""
+    from featinv.data import to_float
+
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    y = to_float(x, torch.device("cpu"))
+    assert y.dtype == torch.float32 and y.max().item() == 1.0 and y.min().item() == 0.0
+    assert torch.equal(y[0, 0].flatten(), torch.tensor([v / 255 for v in range(256)], dtype=torch.float32))

@@ -162,6 +162,27 @@ def test_the_python_api_talks_when_asked_and_is_silent_otherwise(samples, tmp_pa
     assert "epoch 1/1" not in capfd.readouterr().err
 
 
+def _agreement_by_hand(run_name, folder):
+    """(top-1, top-5) agreement of a run's reconstructions of ``folder``'s photos, computed here:
+    lite0's predicted class of each original against its logits on the reconstruction."""
+    import torch
+
+    from featinv.backbones import Classifier
+    from featinv.data import ImageDataset, find_images
+    from featinv.evaluate import load_run
+    from featinv.pretrained import run_or_shipped
+
+    run = load_run(run_or_shipped(str(run_name)), device="cpu")
+    records = find_images(folder).records
+    x = torch.stack([ImageDataset(records, train=False)[(i, 0)]["image"] for i in range(len(records))]).float() / 255
+    clf = Classifier("efficientnet_lite0", "imagenet").eval()
+    with torch.no_grad():
+        original, recon = clf(x).argmax(1), clf(run.reconstruct(x).float())
+    top1 = sum(int(o) == int(r.argmax()) for o, r in zip(original, recon)) / len(records)
+    top5 = sum(int(o) in r.topk(5).indices.tolist() for o, r in zip(original, recon)) / len(records)
+    return top1, top5
+
+
 def test_single_runs_and_evaluate_score_semantics_with_pretrained_weights(samples, tmp_path, capsys, tiny_run):
     out = tmp_path / "lite0"
     argv = _tiny_train(samples, out, "--backbone", "efficientnet_lite0")
@@ -169,6 +190,12 @@ def test_single_runs_and_evaluate_score_semantics_with_pretrained_weights(sample
     assert _run(argv, capsys)[0] == 0
     sem = json.loads((out / "semantic.json").read_text())
     assert 0 <= sem["top1_agreement"] <= sem["top5_agreement"] <= 1 and sem["n_images"] == 3
+    assert (sem["top1_agreement"], sem["top5_agreement"]) == pytest.approx(_agreement_by_hand(out, samples / "val"))
+    # a decoder whose reconstructions do agree: the shipped stage-1 one, through featinv evaluate
+    assert _run(["-q", "evaluate", "stage1", "--data", str(samples / "val"), "--out", str(tmp_path / "ev1")], capsys)[0] == 0
+    m1 = json.loads((tmp_path / "ev1" / "metrics.json").read_text())
+    by_hand = _agreement_by_hand("stage1", samples / "val")
+    assert by_hand[0] > 0 and (m1["top1_agreement"], m1["top5_agreement"]) == pytest.approx(by_hand)
     assert _run(["-q", "evaluate", str(out), "--out", str(tmp_path / "ev")], capsys)[0] == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["top1_agreement"] == sem["top1_agreement"]  # the same val photos, the same decoder

@@ -125,9 +125,23 @@ def test_an_unknown_method_is_refused(samples, tmp_path, capsys):
 def test_evaluate_reports_the_feature_error_of_a_decoder(tiny_run, tmp_path):
     import featinv
 
-    m = featinv.evaluate_run(featinv.load_run(tiny_run, device="cpu"), out=tmp_path / "ev", num_save=0)
+    import csv
+
+    from featinv.data import ImageDataset
+
+    run = featinv.load_run(tiny_run, device="cpu")
+    m = featinv.evaluate_run(run, out=tmp_path / "ev", num_save=0)
     assert m["feature_error"] > 0
-    assert "feature_error" in (tmp_path / "ev" / "per_image.csv").read_text().splitlines()[0]
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "per_image.csv")))
+    # by hand, per image: ||phi(x^) - phi(x)||^2 / ||phi(x)||^2 at each tap, averaged over the taps
+    records = featinv.data.find_images(run.config.data.val_data).records
+    x = torch.stack([ImageDataset(records, train=False)[(i, 0)]["image"] for i in range(len(records))]).float() / 255
+    with torch.no_grad():
+        f, g = run.extractor(x), run.extractor(run.reconstruct(x).float())
+    by_hand = {r.relpath: sum(float(((g[k][i] - f[k][i]) ** 2).sum() / (f[k][i] ** 2).sum()) for k in f) / len(f)
+               for i, r in enumerate(records)}
+    assert {r["file"]: float(r["feature_error"]) for r in rows} == pytest.approx(by_hand, rel=1e-4)
+    assert m["feature_error"] == pytest.approx(sum(by_hand.values()) / len(by_hand), rel=1e-4)
 
 
 def test_resuming_with_other_settings_is_refused(samples, tmp_path, capsys):

@@ -143,3 +143,46 @@ def test_the_config_lists_every_term_the_loss_computes():
 
     assert LOSS_TERMS == (*losses.PIXEL_TERMS, "perceptual")
     assert all(isinstance(getattr(LossConfig(), t), float) for t in LOSS_TERMS)  # each has its weight
+
+
+def test_pixel_terms_are_float32_under_bf16_autocast():
+    """The module's promise: under autocast, each pixel term is computed in float32 from a bf16
+    prediction, the same value as outside autocast (bf16 convolutions in SSIM would move it by
+    about 1e-3)."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 48, 48)
+    pred = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).to(torch.bfloat16)
+    loss = losses.ReconstructionLoss(mse=1.0, l1=1.0, ssim=1.0)
+    reference = loss(pred.float(), target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = loss(pred, target)
+    for k in ("mse", "l1", "ssim", "loss"):
+        assert parts[k].dtype == torch.float32, k
+        assert parts[k].item() == pytest.approx(reference[k].item(), rel=1e-6, abs=1e-7), k
+
+
+def test_the_logged_train_loss_is_the_image_weighted_mean_of_the_epochs_steps(tmp_path, samples):
+    """metrics.csv's train_loss and train_mse, against the steps' own losses averaged here: 9
+    photos in batches of 4 (4, 4, 1), so an unweighted mean of batches or a count of batches
+    instead of images is seen."""
+    import csv
+
+    from featinv.training import Trainer
+
+    steps = []
+
+    class Watching(Trainer):
+        def train_step(self, x, index, step):
+            parts = super().train_step(x, index, step)
+            steps.append((len(x), {k: float(v.detach()) for k, v in parts.items()}))
+            return parts
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.train.batch_size, cfg.train.num_save = 4, 0
+    cfg.loss.ssim = 0.5
+    Watching(cfg, tmp_path / "run").fit()
+    assert [n for n, _ in steps] == [4, 4, 1]
+    row = next(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    for k in ("loss", "mse", "ssim"):
+        by_hand = sum(n * p[k] for n, p in steps) / 9
+        assert float(row[f"train_{k}"]) == pytest.approx(by_hand, rel=1e-5), k

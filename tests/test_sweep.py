@@ -10,7 +10,7 @@ import featinv.sweep as sweep_module
 from featinv.backbones import Classifier
 from featinv.cli import main
 from featinv.evaluate import agreement, load_run, semantic_agreement
-from featinv.data import find_images
+from featinv.data import ImageDataset, find_images
 
 SWEEP_FILES = ["sweep.json", "summary.csv", "summary.md", "summary.json", "report.html",
                "figures/metrics_vs_depth.png", "figures/learning_curves.png", "figures/grid.png", "figures/error_maps.png"]
@@ -76,6 +76,17 @@ def test_agreement_is_one_for_identical_predictions():
     assert not agreement(logits, shuffled)[0].all()
 
 
+def test_top5_agreement_counts_the_originals_class_anywhere_in_the_top_five():
+    """Hand-built logits: the original's class ranked 1st, 3rd, 5th and 6th by the reconstruction."""
+    original = torch.zeros(4, 10)
+    original[:, 7] = 1.0  # every original is class 7
+    recon = torch.arange(10, dtype=torch.float32).repeat(4, 1)  # ranks 9, 8, 7, ... first
+    recon[0, 7], recon[1, 7], recon[2, 7], recon[3, 7] = 20.0, 7.5, 4.5, 3.5
+    a1, a5 = agreement(original, recon)
+    assert a1.tolist() == [True, False, False, False]
+    assert a5.tolist() == [True, True, True, False]
+
+
 def test_semantic_agreement_perfect_reconstructions_and_gray_ones(tiny_run, samples):
     """With a real (offline, pretrained) classifier: reconstructions equal to the originals agree
     fully; flat gray 'reconstructions' cannot agree on three different photos."""
@@ -88,6 +99,27 @@ def test_semantic_agreement_perfect_reconstructions_and_gray_ones(tiny_run, samp
     run.reconstruct = lambda x: torch.full_like(x, 0.5)
     gray = semantic_agreement(run, clf, records, num_workers=0)
     assert gray["top1_agreement"] < 1.0
+
+
+def test_agreement_is_with_the_originals_prediction_not_its_label(tiny_run, samples):
+    """Each photo labelled with a class its classifier does not predict: perfect reconstructions
+    still agree fully (agreement compares with the original's prediction), and the per-image
+    values follow from the two predictions computed here by hand."""
+    import dataclasses
+
+    run = load_run(tiny_run, device="cpu")
+    records = find_images(samples / "val").records
+    clf = Classifier("efficientnet_lite0", "imagenet").eval()
+    x = torch.stack([ImageDataset(records, train=False)[(i, 0)]["image"] for i in range(len(records))]).float() / 255
+    with torch.no_grad():
+        predicted = clf(x).argmax(1)
+        shifted = torch.roll(x, shifts=112, dims=3)  # a reconstruction that misplaces half the photo
+        expected = (clf(shifted).argmax(1) == predicted).float().mean().item()
+    wrong = [dataclasses.replace(r, label=(int(p) + 1) % 1000) for r, p in zip(records, predicted)]
+    run.reconstruct = lambda im: im
+    assert semantic_agreement(run, clf, wrong, num_workers=0)["top1_agreement"] == 1.0
+    run.reconstruct = lambda im: torch.roll(im, shifts=112, dims=3)
+    assert semantic_agreement(run, clf, wrong, num_workers=0)["top1_agreement"] == pytest.approx(expected)
 
 
 def test_classifier_applies_its_backbones_own_normalization():

@@ -240,6 +240,39 @@ def test_ema_warms_up_so_a_short_run_averages_its_last_steps():
             model.weight.fill_(float(step))
         ema.update(model)
     assert 38.0 < ema.module.weight.item() < 45.0  # a plain EMA from the copy would sit near 5
+    # the value itself, from the documented formula in plain Python: a <- d*a + (1-d)*w
+    a = 0.0
+    for n, w in enumerate(range(1, 46), start=1):
+        d = min(0.995, (1 + n) / (10 + n))
+        a = d * a + (1 - d) * w
+    assert ema.module.weight.item() == pytest.approx(a, rel=1e-6)
+
+
+def test_the_ema_moves_one_minus_decay_of_the_way_toward_the_current_weights():
+    """By hand: the first update copies 0; the next one, at decay min(0.995, 2/11), moves 9/11 of
+    the way toward the current weight 1 (an inverted weight would move 2/11); a constant decay of
+    0.5 once warmed up halves the remaining distance at every step."""
+    from featinv.training import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, 0.995)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema.update(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    assert ema.module.weight.item() == pytest.approx(9 / 11, rel=1e-6)
+    half = EMA(model, 0.5)
+    half.update(model)  # copies 1
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    for _ in range(8):  # updates 1..8 decay at min(0.5, (1+n)/(10+n)); from n = 8 on, 0.5
+        half.update(model)
+    half.update(model)  # n = 9: decay 0.5 exactly
+    before = 3.0 - half.module.weight.item()
+    half.update(model)
+    assert 3.0 - half.module.weight.item() == pytest.approx(before / 2, rel=1e-5)
 
 
 def test_the_ema_is_averaged_models_without_a_device_read_per_step():
@@ -247,11 +280,16 @@ def test_the_ema_is_averaged_models_without_a_device_read_per_step():
     (checkpoints of either load into the other), counting updates on the host."""
     from torch.optim.swa_utils import AveragedModel
 
-    from featinv.training import EMA, ema_update
+    from featinv.training import EMA
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    ours, theirs = EMA(model, 0.99), AveragedModel(model, multi_avg_fn=ema_update(0.99), use_buffers=True)
+    def reference(averaged, current, n):  # written here, not featinv's: the documented EMA step
+        d = min(0.99, (1 + int(n)) / (10 + int(n)))
+        for a, c in zip(averaged, current):
+            a.copy_(d * a + (1 - d) * c if a.is_floating_point() else c)
+
+    ours, theirs = EMA(model, 0.99), AveragedModel(model, multi_avg_fn=reference, use_buffers=True)
     for _ in range(30):
         model.train()(torch.randn(2, 3, 8, 8))  # moves the batch-norm buffers too
         with torch.no_grad():
@@ -396,3 +434,24 @@ def test_the_training_module_has_one_name_and_the_old_one_warns():
     code = "import featinv.train as old, featinv\nprint(callable(featinv.train), old.Trainer.__module__)"
     r = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code], capture_output=True, text=True)
     assert r.stdout.split() == ["True", "featinv.training"], r.stderr
+
+
+def test_every_epoch_trains_on_its_own_order_and_crops(tmp_path, samples):
+    """The trainer moves the sampler to each epoch: the order of the 9 photos and the random crop
+    of each photo change from epoch to epoch (against the same crop of pass 0 every epoch)."""
+    seen: dict[int, list[tuple[int, torch.Tensor]]] = {}
+
+    class Watching(Trainer):
+        def train_step(self, x, index, step):
+            epoch = step // self.steps_per_epoch
+            seen.setdefault(epoch, []).extend(zip(index.tolist(), x.detach().clone()))
+            return super().train_step(x, index, step)
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=3)
+    cfg.train.num_save = 0
+    Watching(cfg, tmp_path / "run").fit()
+    orders = [[i for i, _ in seen[e]] for e in range(3)]
+    assert all(sorted(o) == list(range(9)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 3
+    crops = [{i: x for i, x in seen[e]} for e in range(3)]
+    assert all(not torch.equal(crops[0][i], crops[1][i]) for i in range(9))

@@ -371,9 +371,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if not world_from_env().main:  # under torchrun rank 0 scores the whole set (evaluate_run is not sharded)
         return
 
-    run = load_run(args.run, device=args.device)
-    m = evaluate_run(run, data=args.data, out=args.out, num_save=args.num_save, batch_size=args.batch_size)
-    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
+    from .pretrained import run_or_shipped
+
+    path = run_or_shipped(args.run)
+    shipped = not Path(args.run).expanduser().exists()
+    if shipped and args.data is None:
+        raise FeatinvError(f"the shipped decoder {args.run} brings no validation photos; give --data FOLDER.")
+    out = Path(args.out) if args.out else Path(f"evaluation-{args.run}") if shipped else path / "evaluation"
+    run = load_run(path, device=args.device)
+    m = evaluate_run(run, data=args.data, out=out, num_save=args.num_save, batch_size=args.batch_size)
     print(f"{m['n_images']} images: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  → {out}")
 
 
@@ -447,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a trained run on a folder of images",
                        description="Reconstruct and score images with a run's decoder; writes metrics.json, "
                        "per_image.csv and original/reconstruction pairs.")
-    p.add_argument("run", help="run directory written by `featinv train`")
+    p.add_argument("run", help="run directory written by `featinv train`, or a shipped decoder (stage1 .. stage4)")
     p.add_argument("--data", help="image folder to score (default: the run's own validation split)")
-    p.add_argument("--out", help="output folder (default RUN/evaluation)")
+    p.add_argument("--out", help="output folder (default RUN/evaluation; evaluation-NAME for a shipped decoder)")
     p.add_argument("--num-save", type=int, default=8, help="pairs to save (default 8)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the run's)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
