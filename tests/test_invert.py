@@ -142,6 +142,9 @@ def test_evaluate_reports_the_feature_error_of_a_decoder(tiny_run, tmp_path):
                for i, r in enumerate(records)}
     assert {r["file"]: float(r["feature_error"]) for r in rows} == pytest.approx(by_hand, rel=1e-4)
     assert m["feature_error"] == pytest.approx(sum(by_hand.values()) / len(by_hand), rel=1e-4)
+    cosine = {r.relpath: sum(float(torch.nn.functional.cosine_similarity(g[k][i].flatten(), f[k][i].flatten(), dim=0))
+                             for k in f) / len(f) for i, r in enumerate(records)}
+    assert {r["file"]: float(r["feature_cosine"]) for r in rows} == pytest.approx(cosine, rel=1e-4)
 
 
 def test_resuming_with_other_settings_is_refused(samples, tmp_path, capsys):

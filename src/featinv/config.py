@@ -79,6 +79,10 @@ class BackboneConfig:
     weights: str = setting("imagenet", "imagenet, random, or a path to a state-dict file")
     layers: list[str] = setting(help="taps to decode from (default: the backbone's four stage outputs)",
                                 factory=lambda: list(DEFAULT_LAYERS))
+    judge: str = setting("auto", "the independent classifier that scores whether reconstructions keep their "
+                         "originals' class (with pretrained backbone weights): a backbone name other than the "
+                         "backbone's; auto: efficientnet_lite2 (efficientnet_lite1 for Lite2 itself); none: no judge",
+                         metavar="NAME")
 
 
 @dataclass
@@ -320,6 +324,14 @@ def validate_config(cfg: RunConfig) -> None:
         raise FeatinvError("--data is required: a folder of images.")
     if not cfg.backbone.layers:
         raise FeatinvError("--layers needs at least one layer.")
+    check_judge(cfg.backbone.judge, cfg.backbone.name)
+
+
+def check_judge(judge: str, backbone: str) -> None:
+    """A judge is another network than the backbone: refused in one sentence otherwise."""
+    if judge == backbone:
+        raise FeatinvError(f"--judge must be another network than the backbone {backbone}: reconstructions can be "
+                           f"made for one network's eyes alone; pick another (or auto).")
 
 
 def train_crop_size(cfg: RunConfig) -> int:

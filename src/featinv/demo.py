@@ -67,10 +67,14 @@ def demo_config(backbone: str, weights: str, epochs: int, device: str) -> RunCon
 def depth_study(out: Path, device: str) -> list[dict[str, Any]]:
     """The shipped decoders on the bundled held-out photos: a table row and a figure column per depth."""
     from .pretrained import shipped_decoders
+    from .semantics import DEFAULT_JUDGE, Judge, agreement
 
     recs = usable_records(find_images(sample_images_dir() / "val"), SkipLog())
     batch = next(iter(make_loader(ImageDataset(recs), len(recs), shuffle=False, num_workers=0)))
     x = to_float(batch["image"], torch.device("cpu"))
+    judge = Judge(DEFAULT_JUDGE)  # another network than the decoders' backbone (Lite0)
+    with torch.no_grad():
+        seen_by_judge = judge(x)["logits"]
     rows, titles, columns, labels = [], [], [], []
     for stage, run_dir in shipped_decoders().items():
         run = load_run(run_dir, device=device)
@@ -78,9 +82,12 @@ def depth_study(out: Path, device: str) -> list[dict[str, Any]]:
         with torch.no_grad():
             y = run.reconstruct(x).float().cpu()
             thumb = bicubic_thumbnail(x, stride)
+            judged = [agreement(seen_by_judge, judge(im)["logits"])[0] for im in (y, thumb)]
         s, t = score(y, x), score(thumb, x)
         rows.append({"stage": stage, "stride": stride, "psnr": float(s["psnr"].mean()), "ssim": float(s["ssim"].mean()),
                      "thumb_psnr": float(t["psnr"].mean()), "thumb_ssim": float(t["ssim"].mean()),
+                     "judge": DEFAULT_JUDGE, "judge_agrees": int(judged[0].sum()), "thumb_judge_agrees": int(judged[1].sum()),
+                     "n_images": len(x),
                      "val_psnr_imagenet": run.summary["val"]["psnr"], "train_images": run.summary.get("train_images")})
         titles.append(f"{stage} (stride {stride})")
         columns.append(figures.uint8_images(y))
@@ -119,9 +126,11 @@ def run_demo(out: Union[str, Path] = "featinv-demo", epochs: int = 15, device: s
         lines += [
             "  1. What each depth keeps: decoders shipped with featinv (EfficientNet-Lite0, ImageNet weights,",
             f"     trained on {seen:,} photos) on the 3 bundled held-out photos; figure: " + str(out / "depths.png"),
-            "     stage   stride   PSNR (dB)  SSIM    bicubic thumbnail at that stride",
+            "     stage   stride   PSNR (dB)  SSIM    bicubic thumbnail at that stride   same class to Lite2 (thumbnail)",
             *[f"     {r['stage']:<7} {r['stride']:>6}   {r['psnr']:8.2f}  {r['ssim']:.3f}   {r['thumb_psnr']:.2f} dB / "
-              f"{r['thumb_ssim']:.3f}" for r in depths],
+              f"{r['thumb_ssim']:.3f}            {r['judge_agrees']} of {r['n_images']} ({r['thumb_judge_agrees']} of "
+              f"{r['n_images']})" for r in depths],
+            "     (Lite2: an independent judge, a network the decoders never trained against)",
         ]
     ref = summary["reference"]
     lines += [

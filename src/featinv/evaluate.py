@@ -34,6 +34,7 @@ from .data import (
 )
 from .decoders import decoder_from_spec
 from .rundir import RunDir
+from .semantics import SemanticScorer, agreement  # noqa: F401 - agreement: featinv.evaluate's name before semantics
 from .utils import FeatinvError, atomic_write_text, autocast, progress_enabled, resolve_device, resolve_precision
 
 log = logging.getLogger("featinv")
@@ -99,8 +100,9 @@ def evaluate_loader(
         s = M.score(y, x)
         if feature_errors:
             with torch.no_grad(), autocast(precision, x.device):
-                fe = M.feature_distance(extractor(y), extractor(x))
-            s["feature_error"] = M.mean_over_taps(fe)
+                fy, fx = extractor(y), extractor(x)
+            s["feature_error"] = M.mean_over_taps(M.feature_distance(fy, fx))
+            s["feature_cosine"] = M.mean_over_taps(M.feature_cosine(fy, fx))
         acc.add(s)
         for j, index in enumerate(batch["index"].tolist()):
             rows.append({"file": records[index].relpath, **{k: float(v[j]) for k, v in s.items()}})
@@ -204,7 +206,7 @@ def save_extremes(
 
 def write_per_image(rows: list[dict[str, Any]], path: Path) -> None:
     buf = io.StringIO()
-    keys = [k for k in ("mse", "psnr", "ssim", "feature_error") if not rows or k in rows[0]]
+    keys = [k for k in ("mse", "psnr", "ssim", "feature_error", "feature_cosine") if not rows or k in rows[0]]
     w = csv.DictWriter(buf, fieldnames=["file", *keys], lineterminator="\n")
     w.writeheader()
     for r in rows:
@@ -299,6 +301,10 @@ def load_run(path: Union[str, Path], device: str = "auto") -> Run:
                resolve_precision(cfg.train.precision, dev))
 
 
+# metrics.json's semantic keys (featinv.semantics): the backbone's own agreement, then the judge's
+SEMANTIC_KEYS = ("top1_agreement", "top5_agreement", "judge", "judge_top1_agreement", "judge_top5_agreement", "fd_judge")
+
+
 def evaluate_run(
     run: Union[Run, str, Path],
     data: Optional[Union[str, Path]] = None,
@@ -308,11 +314,13 @@ def evaluate_run(
     num_workers: int = -1,
     semantic: bool = True,
     data_label: Optional[str] = None,
+    judge: Optional[str] = None,
 ) -> dict[str, Any]:
     """Score a run on ``data`` (every image in it) or, by default, on the run's own val split.
     ``data_label``: how the figures name ``data`` (default: as given).
-    With pretrained backbone weights (and ``semantic``) the classifier's agreement on the
-    reconstructions is scored too.
+    With pretrained backbone weights (and ``semantic``) the semantic scores too: agreement under
+    the backbone's classifier and under ``judge`` (default the run's ``backbone.judge``), and
+    ``fd_judge`` with 50 images or more (:mod:`featinv.semantics`).
 
     Writes ``metrics.json``, ``per_image.csv`` and the saved pairs into ``out``
     (default ``RUN/evaluation``) and returns the metrics.
@@ -335,7 +343,7 @@ def evaluate_run(
     loader = run.loader(records, batch_size or cfg.train.batch_size, num_workers)
     ev = evaluate_loader(run.extractor, run.decoder, loader, records, run.device, skips, keep=num_save,
                          precision=run.precision, channels_last=cfg.train.channels_last, feature_errors=True)
-    sem = run_semantics(run, records, batch_size or cfg.train.batch_size, num_workers) if semantic else None
+    sem = run_semantics(run, records, batch_size or cfg.train.batch_size, num_workers, judge) if semantic else None
     result = {
         "run": str(run.path.resolve()),
         "data": source,
@@ -347,8 +355,8 @@ def evaluate_run(
         "decoder": cfg.decoder.name,
         "notes": cfg.notes,
         # None: random backbone weights (no classes to agree on) or not asked for
-        "top1_agreement": sem["top1_agreement"] if sem else None,
-        "top5_agreement": sem["top5_agreement"] if sem else None,
+        **{k: (sem or {}).get(k) for k in SEMANTIC_KEYS},
+        "semantic_reference": (sem or {}).get("reference"),
     }
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     write_per_image(ev.per_image, out / "per_image.csv")
@@ -422,31 +430,27 @@ def read_images(paths: Sequence[Path]) -> list[tuple[Path, Any]]:
     return decoded
 
 
-def agreement(logits_original: torch.Tensor, logits_reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: does the reconstruction's top-1 class equal the original's (top-1 agreement),
-    and is the original's top-1 class among the reconstruction's top 5 (top-5 agreement)?"""
-    ref = logits_original.argmax(1)
-    top5 = logits_reconstruction.topk(min(5, logits_reconstruction.shape[1]), dim=1).indices
-    return (top5[:, 0] == ref), (top5 == ref[:, None]).any(1)
-
-
 @torch.no_grad()
 def run_semantics(run: Run, records: Sequence[ImageRecord], batch_size: int = 32,
-                  num_workers: int = -1) -> Optional[dict[str, float]]:
-    """Semantic agreement on ``records`` when the run's backbone has pretrained weights; None
-    for random weights, whose classifier knows no classes."""
+                  num_workers: int = -1, judge: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The semantic scores of :class:`featinv.semantics.SemanticScorer` on ``records`` when the
+    run's backbone has pretrained weights (its classifier, and the judge ``judge`` names, by
+    default the run's ``backbone.judge``); None for random weights, whose classifier knows no classes."""
     from .backbones import Classifier
+    from .semantics import Judge, resolve_judge
 
     b = run.config.backbone
     if b.weights == "random":
         return None
+    judge = resolve_judge(judge or b.judge, b.name)
     classifier = Classifier(b.name, b.weights, seed=run.config.train.seed)
-    return semantic_agreement(run, classifier, records, batch_size=batch_size, num_workers=num_workers)
+    return semantic_agreement(run, classifier, records, batch_size=batch_size, num_workers=num_workers,
+                              judge=Judge(judge) if judge else None)
 
 
-def write_semantics(run: Run) -> Optional[dict[str, float]]:
-    """``semantic.json`` of a run directory: the agreement on its own val split (pretrained
-    weights only), which reports show beside its scores."""
+def write_semantics(run: Run) -> Optional[dict[str, Any]]:
+    """``semantic.json`` of a run directory: the semantic scores on its own val split
+    (pretrained weights only), which reports show beside its pixel scores."""
     _, val = split_for_config(run.config.data, SkipLog())
     result = run_semantics(run, val, run.config.train.batch_size, run.config.data.num_workers)
     if result is not None:
@@ -454,23 +458,19 @@ def write_semantics(run: Run) -> Optional[dict[str, float]]:
     return result
 
 
-def semantic_agreement(
-    run: Run, classifier: nn.Module, records: Sequence[ImageRecord], batch_size: int = 32, num_workers: int = -1
-) -> dict[str, float]:
-    """How much meaning survives: the classifier's predictions on reconstructions vs originals.
-
-    Both go through ``classifier`` (a :class:`featinv.backbones.Classifier`, which applies its
-    backbone's own normalization) as the same [0,1] center crops the decoder was scored on.
-    """
-    classifier = classifier.to(run.device).eval()
-    loader = run.loader(records, batch_size, num_workers)
-    top1 = top5 = n = 0
-    for batch in loader:
-        if "image" not in batch:
-            continue
-        x = to_float(batch["image"], run.device)
-        a1, a5 = agreement(classifier(x), classifier(run.reconstruct(x)))
-        top1, top5, n = top1 + int(a1.sum()), top5 + int(a5.sum()), n + len(x)
-    if n == 0:
-        raise FeatinvError("no image could be decoded for the semantic agreement.")
-    return {"top1_agreement": top1 / n, "top5_agreement": top5 / n, "n_images": n}
+@torch.no_grad()
+def semantic_agreement(run: Run, classifier: Optional[nn.Module], records: Sequence[ImageRecord], batch_size: int = 32,
+                       num_workers: int = -1, judge: Optional[nn.Module] = None) -> dict[str, Any]:
+    """How much meaning survives: ``classifier``'s (the backbone's, a
+    :class:`featinv.backbones.Classifier` with its own normalization) and ``judge``'s predictions
+    on the reconstructions against those on the originals, as the same [0,1] center crops the
+    decoder was scored on, with the thumbnail and mean-image lines
+    (:class:`featinv.semantics.SemanticScorer`)."""
+    nets = [m.to(run.device).eval() if m is not None else None for m in (classifier, judge)]
+    scorer = SemanticScorer(*nets, stride=min(run.extractor.strides(run.config.data.image_size).values()),
+                            extractor=run.extractor)
+    for batch in run.loader(records, batch_size, num_workers):
+        if "image" in batch:
+            x = to_float(batch["image"], run.device)
+            scorer.add(x, run.reconstruct(x))
+    return scorer.result()

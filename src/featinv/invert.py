@@ -135,13 +135,15 @@ def invert_images(
     title: str = "",
     semantic: bool = True,
     extra: Optional[dict[str, Any]] = None,
+    judge: str = "auto",
 ) -> dict[str, Any]:
     """Invert every image of ``records`` (center crops) and score it; ``refine`` starts from
     ``decoder``'s reconstruction. Per-image rows are written after every batch and an interrupted
     run resumes after the images it finished. Writes metrics.json, per_image.csv, results/.
-    ``semantic``: with pretrained weights, also whether the backbone's classifier gives original
-    and result the same class (top-1 / top-5 agreement, as for decoders). ``extra``: more keys
-    for metrics.json (a sweep's reference lines)."""
+    ``semantic``: with pretrained weights, also whether the backbone's classifier and the
+    independent ``judge`` (:func:`featinv.semantics.resolve_judge`) give original and result the
+    same class (top-1 / top-5 agreement, per image as for decoders; no ``fd_judge``, since the rows
+    are written and resumed per image). ``extra``: more keys for metrics.json (a sweep's reference lines)."""
     if method == "refine" and decoder is None:
         raise FeatinvError("--method refine starts from a trained decoder's reconstruction: pass --run RUN.")
     if cfg.lr is None:
@@ -155,6 +157,7 @@ def invert_images(
     done = {row["file"] for row in rows}
     todo = [i for i, r in enumerate(records) if r.relpath not in done]
     classifier = _classifier(extractor, device) if semantic else None
+    judge_net = _judge(extractor, judge, device) if classifier is not None else None
     loader = make_loader(ImageDataset([records[i] for i in todo], image_size, resize, train=False), batch_size,
                          shuffle=False, num_workers=0)
     for batch in tqdm(loader, desc=method, unit="batch", disable=not progress_enabled()):
@@ -174,6 +177,9 @@ def invert_images(
         if classifier is not None:
             with torch.no_grad():
                 scores["top1_agreement"], scores["top5_agreement"] = agreement(classifier(x), classifier(best))
+                if judge_net is not None:
+                    scores["judge_top1_agreement"], scores["judge_top5_agreement"] = agreement(
+                        judge_net(x)["logits"], judge_net(best)["logits"])
         for j, i in enumerate(index):
             row = {"file": records[i].relpath, **{k: float(v[j]) for k, v in scores.items()},
                    **{f"fe_{k}": float(errors[k][j]) for k in layers}, "seconds": took}
@@ -183,7 +189,8 @@ def invert_images(
                 figures.save_png(batch["image"][j], out / "results" / f"original_{i}.png")
                 figures.save_png((best[j] * 255).round().to(torch.uint8).cpu(), out / "results" / f"reconstruction_{i}.png")
         write_csv(out / "per_image.csv", rows, list(rows[0]))
-    info = {**source, "image_size": image_size, "strides": extractor.strides(image_size), **(extra or {})}
+    info = {**source, "image_size": image_size, "strides": extractor.strides(image_size),
+            "judge": judge_net.name if judge_net is not None else None, **(extra or {})}
     return _summarise(rows, records, out, method, cfg, info, num_save, title)
 
 
@@ -210,6 +217,14 @@ def _classifier(extractor: FeatureExtractor, device: torch.device) -> Optional[t
     return None if w["weights"] == "random" else Classifier(w["backbone"], w["weights"]).to(device).eval()
 
 
+def _judge(extractor: FeatureExtractor, judge: str, device: torch.device) -> Optional[torch.nn.Module]:
+    """The independent judge of the semantic scores, or None for ``judge`` none."""
+    from .semantics import Judge, resolve_judge
+
+    name = resolve_judge(judge, extractor.weights_info["backbone"])
+    return Judge(name).to(device) if name else None
+
+
 def _done_rows(path: Path) -> list[dict[str, Any]]:
     """The rows an interrupted run already wrote (numbers as floats)."""
     if not path.is_file():
@@ -231,7 +246,8 @@ def _summarise(rows: list[dict[str, Any]], records: Sequence[ImageRecord], out: 
         "method": method, "n_images": n, "mse": mean["mse"], "psnr": mean["psnr"], "ssim": mean["ssim"],
         "feature_error": {k: mean[f"fe_{k}"] for k in layers}, "feature_error_mean": mean["feature_error"],
         "seconds_per_image": mean["seconds"], "top1_agreement": mean.get("top1_agreement"),
-        "top5_agreement": mean.get("top5_agreement"), **info, "settings": asdict(cfg),
+        "top5_agreement": mean.get("top5_agreement"), "judge_top1_agreement": mean.get("judge_top1_agreement"),
+        "judge_top5_agreement": mean.get("judge_top5_agreement"), **info, "settings": asdict(cfg),
     }
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     saved = [i for i in range(min(num_save, len(records))) if (out / "results" / f"reconstruction_{i}.png").is_file()]
@@ -283,6 +299,7 @@ def invert(
     max_images: Optional[int] = None,
     num_save: int = 8,
     device: str = "auto",
+    judge: str = "auto",
 ) -> dict[str, Any]:
     """``featinv invert`` from Python: the images of ``data`` (a folder, a cache or files) inverted
     through ``backbone``'s ``layers`` (a ``run``'s, for ``refine``); returns metrics.json's content."""
@@ -305,4 +322,4 @@ def invert(
     else:
         extractor, title = plain_extractor(backbone or "resnet50", weights or "imagenet", layers, cfg.seed, dev)
     return invert_images(extractor, records, out, method, cfg, decoder, image_size, resize, batch_size, num_save, dev,
-                         title)
+                         title, judge=judge)

@@ -91,6 +91,12 @@ def feature_distance(feats: dict[str, torch.Tensor], target: dict[str, torch.Ten
     return out
 
 
+def feature_cosine(feats: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per layer, per image: the cosine similarity of φ(x̂) and φ(x), each flattened (FeatInv's score)."""
+    return {k: torch.nn.functional.cosine_similarity(feats[k].float().flatten(1), t.float().flatten(1), dim=1, eps=1e-12)
+            for k, t in target.items()}
+
+
 def mean_over_taps(errors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per image: the feature errors of :func:`feature_distance` averaged over the taps."""
+    """Per image: per-tap values (:func:`feature_distance`, :func:`feature_cosine`) averaged over the taps."""
     return torch.stack(list(errors.values())).mean(0)

@@ -55,12 +55,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         train_ssim=fit.get("ssim"),
         train_time_s=s["train_time_s"],
         **_reference_cells(s["reference"], row["stride"]),
-        top1_agreement=None,
-        top5_agreement=None,
     )
-    d = rd.read_semantics()
-    if d is not None:
-        row.update(top1_agreement=d["top1_agreement"], top5_agreement=d["top5_agreement"])
+    row.update(_semantic_cells(rd.read_semantics() or {}))
     fe = rd.read_feature_error() or {}
     row.update(method="decoder", feature_error=fe.get("feature_error"), seconds_per_image=fe.get("seconds_per_image"))
     return row
@@ -74,7 +70,7 @@ def inversion_row(run_dir: Path, m: dict[str, Any]) -> dict[str, Any]:
                               "train_psnr", "train_ssim", "train_time_s")))
     row.update(
         **_reference_cells(m.get("reference") or {}, row["stride"]),
-        top1_agreement=m.get("top1_agreement"), top5_agreement=m.get("top5_agreement"),
+        **_semantic_cells(m),
         method=m["method"], feature_error=m["feature_error_mean"], seconds_per_image=m["seconds_per_image"],
     )
     return row
@@ -99,6 +95,23 @@ def _scores(run_dir: Path, backbone: str, weights: str, layers: Sequence[str], s
         row[k] = means[k]
         row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return row
+
+
+SEMANTIC_FIELDS = ("feature_cosine", "top1_agreement", "top5_agreement", "judge", "judge_top1_agreement",
+                   "judge_top5_agreement", "fd_judge")
+
+
+def _semantic_cells(d: dict[str, Any]) -> dict[str, Any]:
+    """A row's semantic cells from semantic.json (or an inversion's metrics.json), with the judge's
+    top-1 agreement and fd_judge of the thumbnail and mean-image lines (None where not measured)."""
+    cells = {k: d.get(k) for k in SEMANTIC_FIELDS}
+    reference = d.get("reference") if isinstance(d.get("reference"), dict) else d.get("semantic_reference") or {}
+    thumbnail = next((v for k, v in reference.items() if k.startswith("bicubic")), {})
+    mean_img = reference.get("mean_image", {})
+    for name, line in (("bicubic", thumbnail), ("mean_image", mean_img)):
+        cells[f"ref_{name}_judge_top1"] = line.get("judge_top1_agreement")
+        cells[f"ref_{name}_fd_judge"] = line.get("fd_judge")
+    return cells
 
 
 def _reference_cells(reference: dict[str, Any], stride: int) -> dict[str, Any]:
@@ -130,10 +143,13 @@ TABLE_FIELDS = [
     "parameters", "epochs", "converged", "stop_reason", "train_minutes", "images_per_s", "train_time_s",
     "ref_mean_image_psnr", "ref_mean_image_ssim", "ref_bicubic", "ref_bicubic_psnr", "ref_bicubic_ssim",
     "top1_agreement", "top5_agreement", "method", "feature_error", "seconds_per_image",
+    "feature_cosine", "judge", "judge_top1_agreement", "judge_top5_agreement", "fd_judge",
+    "ref_bicubic_judge_top1", "ref_bicubic_fd_judge", "ref_mean_image_judge_top1", "ref_mean_image_fd_judge",
 ]
 TABLE_HEAD = ["configuration", "layers", "stride", "PSNR (dB)", "SSIM", "MSE", "train photos PSNR / SSIM",
               "converged", "epochs", "parameters", "training passes (wall time incl. validation)",
-              "mean image PSNR / SSIM", "bicubic thumbnail PSNR / SSIM", "top-1 / top-5 agreement"]
+              "mean image PSNR / SSIM", "bicubic thumbnail PSNR / SSIM", "the backbone's own top-1 / top-5 agreement",
+              "judge top-1 / top-5 agreement (thumbnail top-1)", "fd_judge (thumbnail, mean image)"]
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -180,14 +196,29 @@ def table_cells(r: dict[str, Any], methods: bool = False) -> list[str]:
         f"{_fmt(r['ref_mean_image_psnr'], 2)} / {_fmt(r['ref_mean_image_ssim'])}",
         f"{r['ref_bicubic']}: {_fmt(r['ref_bicubic_psnr'], 2)} / {_fmt(r['ref_bicubic_ssim'])}",
         _agreement(r),
+        _agreement(r, "judge_"),
+        _fd(r),
     ]
 
 
-def _agreement(r: dict[str, Any]) -> str:
-    if r["top1_agreement"] is not None:
-        return f"{r['top1_agreement']:.2f} / {r['top5_agreement']:.2f}"
+def _agreement(r: dict[str, Any], prefix: str = "") -> str:
+    if r.get(f"{prefix}top1_agreement") is not None:
+        text = f"{r[f'{prefix}top1_agreement']:.2f} / {r[f'{prefix}top5_agreement']:.2f}"
+        if prefix and r.get("ref_bicubic_judge_top1") is not None:
+            text += f" ({r['ref_bicubic_judge_top1']:.2f})"
+        return text
     # say why there is no number: random weights have no classes to agree on
     return "n/a (random weights)" if r["weights"] == "random" else "not computed"
+
+
+def _fd(r: dict[str, Any]) -> str:
+    if r.get("fd_judge") is None:
+        return "—" if r.get("judge") is None else "— (under 50 images)"
+    return f"{r['fd_judge']:.1f} ({_fmt(r.get('ref_bicubic_fd_judge'), 1)}, {_fmt(r.get('ref_mean_image_fd_judge'), 1)})"
+
+
+def _pct(v: Optional[float]) -> str:
+    return "—" if v is None else f"{100 * v:.0f}%"
 
 
 def _converged(r: dict[str, Any]) -> str:
@@ -326,10 +357,16 @@ def _paragraph(r: dict[str, Any]) -> str:
                  f"thumbnail ({r['ref_bicubic_psnr']:.2f} dB)")
     if r["ref_mean_image_psnr"] is not None:
         text += f" and {r['psnr'] - r['ref_mean_image_psnr']:+.2f} dB against the mean training image"
+    if r.get("judge_top1_agreement") is not None:
+        text += (f". An independent judge, {html.escape(str(r['judge']))}, gives the reconstruction the original's "
+                 f"top-1 class for {100 * r['judge_top1_agreement']:.0f}% of images (the thumbnail: "
+                 f"{_pct(r.get('ref_bicubic_judge_top1'))}); the original's class is in its top 5 for "
+                 f"{100 * r['judge_top5_agreement']:.0f}%")
+        if r.get("fd_judge") is not None:
+            text += f"; Fréchet distance in its pooled features {r['fd_judge']:.1f}"
     if r["top1_agreement"] is not None:
-        text += (f". The classifier's top-1 class on the reconstruction matches the original's for "
-                 f"{100 * r['top1_agreement']:.0f}% of images; the original's class is in the top 5 for "
-                 f"{100 * r['top5_agreement']:.0f}%")
+        text += (f". The backbone's own classifier (easier to please: the decoder learnt from its features) "
+                 f"agrees on {100 * r['top1_agreement']:.0f}% (top 5: {100 * r['top5_agreement']:.0f}%)")
     if r["train_psnr"] is not None:
         text += (f". On as many training photos (center crops) it scores {r['train_psnr']:.2f} dB / "
                  f"{r['train_ssim']:.3f}: a gap of {r['train_psnr'] - r['psnr']:+.2f} dB")

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence, Union
 
 from . import dist, report
 from .backbones import get_spec, resolve_layers
-from .config import INVERSIONS, SWEEP_METHODS, BackboneConfig, RunConfig, resolve_recipe, validate_config
+from .config import INVERSIONS, SWEEP_METHODS, BackboneConfig, RunConfig, check_judge, resolve_recipe, validate_config
 from .data import SkipLog, check_data_paths, split_for_config
 from .evaluate import Run, evaluate_loader, load_run, write_semantics
 from .invert import InvertConfig, invert_images, plain_extractor
@@ -84,12 +84,13 @@ def plan(base: RunConfig, layer_sets: Sequence[str], models: Sequence[tuple[str,
     return entries
 
 
-def check_layers(entries: Sequence[Entry]) -> None:
-    """Fail on a bad backbone or layer name before hours of training, not when its turn comes.
+def check_layers(entries: Sequence[Entry], judge: str = "auto") -> None:
+    """Fail on a bad backbone, layer name or judge before hours of training, not when its turn comes.
     The graphs come from meta-device builds: no weights, no compute."""
     import torch
 
     for backbone in dict.fromkeys(e.backbone for e in entries):
+        check_judge(judge, backbone)
         spec = get_spec(backbone)
         with torch.device("meta"):
             model = spec.build()
@@ -155,7 +156,8 @@ def run_inversion(method: str, e: Entry, base: RunConfig, out_dir: Path, run: Op
         extractor, title = plain_extractor(e.backbone, e.weights, e.layers, t.seed, device)
         decoder, reference = None, None
     invert_images(extractor, records, out_dir, method, cfg, decoder if method == "refine" else None, d.image_size,
-                  d.resize, t.batch_size, t.num_save, device, title, extra={"reference": reference})
+                  d.resize, t.batch_size, t.num_save, device, title, extra={"reference": reference},
+                  judge=base.backbone.judge)
 
 
 def run_inversions(out: Path, entries: Sequence[Entry], base: RunConfig, methods: Sequence[str],
@@ -178,7 +180,7 @@ def run_inversions(out: Path, entries: Sequence[Entry], base: RunConfig, methods
 
 def entry_config(base: RunConfig, e: Entry) -> RunConfig:
     cfg = copy.deepcopy(base)
-    cfg.backbone = BackboneConfig(name=e.backbone, weights=e.weights, layers=list(e.layers))
+    cfg.backbone = BackboneConfig(name=e.backbone, weights=e.weights, layers=list(e.layers), judge=base.backbone.judge)
     return cfg
 
 
@@ -202,7 +204,7 @@ def run_sweep(
     base = resolve_recipe(base, resolve_device(base.train.device), dist.world_from_env().size)
     check_methods(methods)
     entries = plan(base, layer_sets, models)
-    check_layers(entries)
+    check_layers(entries, base.backbone.judge)
     t0 = time.perf_counter()
     # Under torchrun every rank runs the same plan, each configuration data-parallel over all of
     # them (docs/guide/distributed.md); rank 0 alone writes the sweep's files.
