@@ -49,7 +49,7 @@ def test_a_0_1_0_run_resumes_for_one_more_epoch(old_run):
 def test_files_written_now_carry_their_format(old_run):
     assert main(["-q", "train", "--out", str(old_run), "--resume", "--epochs", "3"]) == 0
     cfg = yaml.safe_load((old_run / "config.yaml").read_text())
-    assert cfg["format"] == 4
+    assert cfg["format"] == 5
     assert cfg["data"]["train_crop"] == 0  # as 0.1.0 trained it: crops of the full size, not the new default
     assert json.loads((old_run / "decoder.json").read_text())["format"] == 2
     assert torch.load(old_run / "checkpoints" / "last.pt", weights_only=True)["format"] == 2

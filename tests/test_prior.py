@@ -49,3 +49,47 @@ def test_the_round_trip_of_the_bundled_photos_is_the_autoencoders(samples):
 def test_missing_weights_say_where_to_point(tmp_path):
     with pytest.raises(FeatinvError, match="no TAEF2 decoder weights at .*taef2_decoder.pth"):
         load_part("decoder", tmp_path)
+
+
+@needs_weights
+def test_the_prior_decoder_trains_rebuilds_and_keeps_the_prior_out_of_its_files(samples, tmp_path):
+    """decoder prior: a ladder head into TAEF2's latents, the frozen TAEF2 decoder drawing the
+    image. Only the head trains and is exported; the run rebuilds from its directory with the
+    prior loaded again from decoder.prior_weights, and scores what training reported."""
+    from safetensors.torch import load_file
+
+    import featinv
+    from featinv.decoders import build_decoder, count_parameters
+    from featinv.training import Trainer
+
+    from conftest import tiny_config
+
+    shapes = {"layer3": (1024, 14, 14)}
+    dec = build_decoder("prior", shapes, 224, width=16, max_width=64, blocks=1, prior_weights=str(PRIOR))
+    y = dec({"layer3": torch.randn(2, 1024, 14, 14)})
+    assert y.shape == (2, 3, 224, 224) and 0 <= y.min() and y.max() <= 1
+    assert not any(k.startswith("_prior") for k in dec.state_dict())
+    assert all(not p.requires_grad for p in dec._prior[0].parameters()) and count_parameters(dec) < 1e6
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.data.max_images, cfg.train.num_save = 3, 0
+    cfg.backbone.layers = ["layer3"]
+    cfg.decoder.name, cfg.decoder.width, cfg.decoder.max_width = "prior", 16, 64
+    cfg.decoder.prior_weights = str(PRIOR)
+    trainer = Trainer(cfg, tmp_path / "run")
+    s = trainer.fit()
+    published = load_part("decoder", PRIOR).state_dict()
+    trained = trainer.state.decoder._prior[0].state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in published.items())  # the prior never trains
+    exported = load_file(tmp_path / "run" / "decoder.safetensors")
+    assert exported and not any("prior" in k for k in exported)
+    again = featinv.evaluate_run(featinv.load_run(tmp_path / "run", device="cpu"), out=tmp_path / "ev", num_save=0,
+                                 semantic=False)
+    assert again["psnr"] == pytest.approx(s["val"]["psnr"], rel=1e-5)
+
+
+def test_the_prior_decoder_without_weights_is_one_sentence(tmp_path):
+    from featinv.decoders import build_decoder
+
+    with pytest.raises(FeatinvError, match="decoder.prior_weights"):
+        build_decoder("prior", {"layer3": (1024, 14, 14)}, 224)

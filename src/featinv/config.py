@@ -14,8 +14,9 @@ from .utils import PRECISIONS, FeatinvError, atomic_write_text, check_format  # 
 
 # 1: featinv 0.1.0 (no format key); 2: a top-level ``format`` key, the sections unchanged;
 # 3: ``data.train_crop`` and ``data.full_size_decay`` (formats 1 and 2 trained on crops of the full crop size);
-# 4: ``data.preload`` and ``train.epoch_repeats`` (a run writes its batch size and learning rate resolved).
-CONFIG_FORMAT = 4
+# 4: ``data.preload`` and ``train.epoch_repeats`` (a run writes its batch size and learning rate resolved);
+# 5: ``backbone.judge`` and ``decoder.prior_weights`` (older configs read with their defaults).
+CONFIG_FORMAT = 5
 
 DEFAULT_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 # The lists of choices, each defined once: the decoders and the CLI take them from here.
@@ -87,8 +88,9 @@ class BackboneConfig:
 
 @dataclass
 class DecoderConfig:
-    name: str = setting("ladder", "decoder: ladder, pyramid (one width for every tap) or seed (the original's baseline)",
-                        flag="--decoder")
+    name: str = setting("ladder", "decoder: ladder, pyramid (one width for every tap), prior (a ladder head into the "
+                        "latents of the frozen pretrained autoencoder TAEF2, whose decoder draws the image; needs "
+                        "decoder.prior_weights) or seed (the original's baseline)", flag="--decoder")
     width: int = setting(64, "channels of the decoder's path; ladder: at stride 4, doubling with the stride")
     max_width: int = setting(128, "ladder: cap on a path's channels (the coarse taps')")
     blocks: int = setting(2, "residual blocks; ladder: at each tap's scale, pyramid: at the finest")
@@ -97,14 +99,17 @@ class DecoderConfig:
                             "convtranspose (pyramid only; leaves a checkerboard)", choices=UPSAMPLERS)
     fusion: str = setting("add", "pyramid: how coarser maps join finer ones (concat: then a 1x1 conv)", choices=FUSIONS)
     norm: str = setting("batch", "normalization after the decoder's convolutions", choices=NORMS)
+    prior_weights: str = setting("", "prior: the folder holding TAEF2's taef2_decoder.pth (not shipped with featinv)",
+                                 flag=None, path=True)
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for ``build_decoder`` (the seed decoder takes none)."""
         if self.name == "seed":
             return {}
-        if self.name == "ladder":
-            return {"width": self.width, "max_width": self.max_width, "blocks": self.blocks,
-                    "upsample": self.upsample, "norm": self.norm}
+        if self.name in ("ladder", "prior"):
+            ladder = {"width": self.width, "max_width": self.max_width, "blocks": self.blocks,
+                      "upsample": self.upsample, "norm": self.norm}
+            return {**ladder, "prior_weights": self.prior_weights} if self.name == "prior" else ladder
         return {"width": self.width, "blocks": self.blocks, "upsample": self.upsample, "fusion": self.fusion, "norm": self.norm}
 
 

@@ -338,7 +338,56 @@ class LadderDecoder(nn.Module):
         return x
 
 
-DECODERS: dict[str, Callable[..., nn.Module]] = {"seed": SeedDecoder, "pyramid": PyramidDecoder, "ladder": LadderDecoder}
+
+
+class PriorDecoder(nn.Module):
+    """Features → the latents of a frozen pretrained autoencoder (TAEF2, :mod:`featinv.prior`),
+    whose decoder draws the image: natural-image texture comes from the prior, and the trained
+    head only has to say where to place what.
+
+    The head is a :class:`LadderDecoder` that stops at the latent stride (8) with 32 latent
+    channels instead of an RGB image (a stride-4 tap is pooled to it). The autoencoder's decoder
+    is held outside the module's parameters, so its weights are neither trained nor written into
+    ``decoder.safetensors``: ``prior_weights`` (the folder holding ``taef2_decoder.pth``, kept in
+    the decoder's spec) loads them again when the run is rebuilt."""
+
+    def __init__(self, shapes: Shapes, image_size: int = 224, prior_weights: str = "", **options: Any) -> None:
+        super().__init__()
+        from .prior import LATENT_CHANNELS, STRIDE, load_part
+
+        if not prior_weights:
+            raise FeatinvError("the prior decoder needs the TAEF2 weights: --set decoder.prior_weights=FOLDER "
+                               "(the folder holding taef2_decoder.pth).")
+        latent_size = image_size // STRIDE
+        # the ladder reaches latent_size from the finest tap; its RGB output becomes a latent projection
+        self.head = LadderDecoder(shapes, image_size=latent_size, **options)
+        c = self.head.out[0].in_channels
+        self.head.out = nn.Conv2d(c, LATENT_CHANNELS, 3, padding=1)
+        self.latent_size = latent_size
+        self.scale = image_size / min(s[1] for s in shapes.values())
+        self._prior = [load_part("decoder", prior_weights).eval().requires_grad_(False)]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "PriorDecoder":
+        super()._apply(fn, recurse)
+        self._prior[0]._apply(fn, recurse)  # device and dtype moves reach the frozen prior too
+        return self
+
+    def latents(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        z = self.latents(features)
+        x = self._prior[0](z)
+        finest = min(features.values(), key=lambda t: -t.shape[-1])
+        size = _output_size(finest, self.scale)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x.clamp(0, 1)
+
+
+DECODERS: dict[str, Callable[..., nn.Module]] = {
+    "seed": SeedDecoder, "pyramid": PyramidDecoder, "ladder": LadderDecoder, "prior": PriorDecoder,
+}
 
 
 def build_decoder(name: str, shapes: Shapes, image_size: int = 224, **options: Any) -> nn.Module:
