@@ -31,9 +31,9 @@ def test_training_gives_the_loss_unnormalized_unit_range_targets(tmp_path, sampl
     seen = []
     original = losses.ReconstructionLoss.forward
 
-    def spy(self, pred, target):
+    def spy(self, pred, target, features=None):
         seen.append((float(target.min()), float(target.max()), float(target.mean())))
-        return original(self, pred, target)
+        return original(self, pred, target, features)
 
     monkeypatch.setattr(losses.ReconstructionLoss, "forward", spy)
     cfg = tiny_config(samples / "train", samples / "val", epochs=1)
@@ -141,7 +141,7 @@ def test_the_config_lists_every_term_the_loss_computes():
     from featinv import losses
     from featinv.config import LOSS_TERMS, LossConfig
 
-    assert LOSS_TERMS == (*losses.PIXEL_TERMS, "perceptual")
+    assert LOSS_TERMS == (*losses.PIXEL_TERMS, "perceptual", "feature")
     assert all(isinstance(getattr(LossConfig(), t), float) for t in LOSS_TERMS)  # each has its weight
 
 
@@ -186,3 +186,47 @@ def test_the_logged_train_loss_is_the_image_weighted_mean_of_the_epochs_steps(tm
     for k in ("loss", "mse", "ssim"):
         by_hand = sum(n * p[k] for n, p in steps) / 9
         assert float(row[f"train_{k}"]) == pytest.approx(by_hand, rel=1e-5), k
+
+
+def test_feature_consistency_is_the_feature_error_and_trains_only_the_image():
+    """At the run's own taps: ‖φ(x̂) − φ(x)‖² / ‖φ(x)‖² per image and tap (by hand here), zero for
+    the original itself; the gradient reaches the reconstruction, never the frozen backbone."""
+    from featinv.backbones import FeatureExtractor
+
+    fe = FeatureExtractor("resnet18", "random", ["stage1", "stage3"])
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    pred = (x + 0.1 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    term = losses.FeatureConsistency(fe)
+    with torch.no_grad():
+        fx = fe(x)
+    value = term(pred, fx)
+    with torch.no_grad():
+        fp = fe(pred)
+        by_hand = sum(((fp[k][i] - fx[k][i]) ** 2).sum() / (fx[k][i] ** 2).sum() for k in fx for i in range(2)) / 4
+    assert value.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert term(x, fx).item() == pytest.approx(0.0, abs=1e-10)
+    value.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in fe.parameters())
+
+
+def test_training_with_feature_consistency_logs_it_in_the_total(tmp_path, samples):
+    import csv
+
+    cfg = tiny_config(samples / "train", samples / "val", epochs=1)
+    cfg.data.max_images, cfg.train.num_save = 3, 0
+    cfg.loss.feature = 0.5
+    summary = train(cfg, tmp_path / "run")
+    row = next(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert float(row["train_feature"]) > 0
+    total = float(row["train_mse"]) + 0.5 * float(row["train_feature"])
+    assert summary["train_loss"] == pytest.approx(total, rel=1e-4)
+    with pytest.raises(featinv_error(), match="feature-consistency weight needs the run's backbone"):
+        losses.ReconstructionLoss(mse=1.0, feature=1.0)
+
+
+def featinv_error():
+    from featinv.utils import FeatinvError
+
+    return FeatinvError

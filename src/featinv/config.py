@@ -25,7 +25,7 @@ PRELOADS = ("auto", "on", "off")
 NORMS = ("batch", "none")
 UPSAMPLERS = ("resize", "lowres", "pixelshuffle", "convtranspose")
 FUSIONS = ("add", "concat")
-LOSS_TERMS = ("mse", "l1", "ssim", "ms_ssim", "perceptual")  # featinv.losses computes them
+LOSS_TERMS = ("mse", "l1", "ssim", "ms_ssim", "perceptual", "feature")  # featinv.losses computes them
 PROBES = ("invariance", "views", "interpolate", "ablate", "metrics")  # featinv.probe runs them
 INVERSIONS = ("optimize", "refine")  # featinv.invert's methods
 SWEEP_METHODS = ("decoder", *INVERSIONS)  # the rows a sweep can have
@@ -126,6 +126,8 @@ class LossConfig:
     perceptual_backbone: str = setting("", "backbone of the perceptual loss; empty: the run's own, frozen", flag=None)
     perceptual_weights: str = setting("imagenet", "weights of perceptual_backbone", flag=None)
     perceptual_layers: list[str] = setting(help="taps of the perceptual loss (default: its stage1 stage2)", factory=list)
+    feature: float = setting(0.0, "weight of feature consistency: the reconstruction's own features at the run's taps "
+                             "against the original's, ‖φ(x̂) − φ(x)‖² / ‖φ(x)‖² through the run's frozen backbone", flag=None)
 
 
 @dataclass

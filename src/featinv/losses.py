@@ -92,6 +92,22 @@ class PerceptualLoss(nn.Module):
         return torch.stack(terms).mean()
 
 
+class FeatureConsistency(nn.Module):
+    """The reconstruction's own features at the run's taps against the original's (the feature
+    error of :func:`featinv.metrics.feature_distance`, batch mean, averaged over the taps), through
+    the run's frozen backbone: gradients reach the image, never the backbone. The original's
+    features are the ones the decoder read, so only the reconstruction takes a backbone pass."""
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, pred: torch.Tensor, target_features: dict[str, torch.Tensor]) -> torch.Tensor:
+        from .metrics import feature_distance, mean_over_taps
+
+        return mean_over_taps(feature_distance(self.extractor(pred), target_features)).mean()
+
+
 # The loss registry: pixel terms by name (each a function of float32 prediction and target), then
 # the perceptual term, which needs a backbone. Each has a weight field of the same name in LossConfig.
 PIXEL_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -104,7 +120,8 @@ class ReconstructionLoss(nn.Module):
     """Weighted sum of the enabled terms (``TERMS``, by keyword; mse=1 unless given) between a
     reconstruction and its [0,1] target."""
 
-    def __init__(self, perceptual_module: Optional[PerceptualLoss] = None, **weights: float) -> None:
+    def __init__(self, perceptual_module: Optional[PerceptualLoss] = None,
+                 feature_module: Optional[FeatureConsistency] = None, **weights: float) -> None:
         super().__init__()
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -119,13 +136,19 @@ class ReconstructionLoss(nn.Module):
         if "perceptual" in self.weights and perceptual_module is None:
             raise FeatinvError("a perceptual loss weight needs a PerceptualLoss module (build_loss makes one).")
         self.perceptual = perceptual_module if "perceptual" in self.weights else None
+        if "feature" in self.weights and feature_module is None:
+            raise FeatinvError("a feature-consistency weight needs the run's backbone (build_loss(..., extractor=...)).")
+        self.feature = feature_module if "feature" in self.weights else None
 
     @property
     def parts(self) -> list[str]:
         """Names of the enabled terms, in the order they are logged."""
         return list(self.weights)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pred: torch.Tensor, target: torch.Tensor,
+                features: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """The parts and their weighted sum; ``features``: the original's features at the run's
+        taps, when the caller has them (feature consistency computes them otherwise)."""
         check_target_range(target)
         parts: dict[str, torch.Tensor] = {}
         with torch.autocast(pred.device.type, enabled=False):
@@ -135,15 +158,23 @@ class ReconstructionLoss(nn.Module):
                     parts[k] = term(p, t)
         if self.perceptual is not None:
             parts["perceptual"] = self.perceptual(pred, target).float()
+        if self.feature is not None:
+            if features is None:
+                with torch.no_grad():
+                    features = self.feature.extractor(target)
+            parts["feature"] = self.feature(pred, features).float()
         parts["loss"] = sum(self.weights[k] * v for k, v in parts.items())
         return parts
 
 
-def build_loss(cfg: LossConfig, backbone: str = "resnet50", weights: str = "imagenet", seed: int = 0) -> ReconstructionLoss:
-    """The loss ``cfg`` describes; the perceptual term defaults to the run's own backbone."""
+def build_loss(cfg: LossConfig, backbone: str = "resnet50", weights: str = "imagenet", seed: int = 0,
+               extractor: Optional[nn.Module] = None) -> ReconstructionLoss:
+    """The loss ``cfg`` describes; the perceptual term defaults to the run's own backbone, feature
+    consistency reads the run's ``extractor``."""
     module = None
     if cfg.perceptual > 0:
         name = cfg.perceptual_backbone or backbone
         w = cfg.perceptual_weights if cfg.perceptual_backbone else weights
         module = PerceptualLoss(name, w, cfg.perceptual_layers or None, seed=seed)
-    return ReconstructionLoss(module, **{t: getattr(cfg, t) for t in TERMS})
+    feature = FeatureConsistency(extractor) if cfg.feature > 0 and extractor is not None else None
+    return ReconstructionLoss(module, feature, **{t: getattr(cfg, t) for t in TERMS})

@@ -506,7 +506,7 @@ class Trainer:
             self.step_decoder = DistributedDataParallel(decoder, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.train.compile:
             self.step_decoder = torch.compile(self.step_decoder)
-        self.loss_fn = build_loss(cfg.loss, cfg.backbone.name, cfg.backbone.weights, seed).to(device)
+        self.loss_fn = build_loss(cfg.loss, cfg.backbone.name, cfg.backbone.weights, seed, self.extractor).to(device)
         ema = None
         if cfg.train.ema > 0:  # an average of the weights, batch-norm buffers included
             ema = EMA(decoder, cfg.train.ema)
@@ -577,7 +577,8 @@ class Trainer:
         s, t = self.state, self.cfg.train
         try:
             with autocast(self.precision, self.device):
-                parts = self.loss_fn(self.step_decoder(self.features(x, index)), x)  # pixel terms in float32
+                feats = self.features(x, index)
+                parts = self.loss_fn(self.step_decoder(feats), x, feats)  # pixel terms in float32
             s.opt.zero_grad(set_to_none=True)
             s.scaler.scale(parts["loss"]).backward()
         except (MemoryError, RuntimeError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
