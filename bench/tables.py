@@ -230,6 +230,27 @@ def table_refine_judge(root: Path) -> str:
             f"Reproduce: `{src['command']}`.")
 
 
+SCREEN = f"{RESULTS}/semantic-screen-stage4.json"
+
+
+def table_semantic_screen(root: Path) -> str:
+    """Results: the objectives of #34 at stride 32 at equal CPU time (bench/semantic_screen.py)."""
+    t = read_json(root, SCREEN)
+    src = provenance(root, SCREEN, t)
+    body = []
+    for r in t["rows"]:
+        sem = r["semantic"]
+        body.append([r["candidate"], db(r["psnr"]), ssim(r["ssim"]),
+                     f"{pct(sem.get('judge_top1_agreement'))} / {pct(sem.get('judge_top5_agreement'))}",
+                     fd(sem.get("fd_judge")), pct(sem.get("top1_agreement")), str(r["epochs"]),
+                     f"{r['images_per_s']:.0f}", f"{r['parameters'] / 1e6:.2f}M"])
+    header = ["candidate", "PSNR (dB)", "SSIM", "judge top-1 / top-5", "fd_judge", "the backbone's own top-1",
+              "epochs", "training images/s", "trained parameters"]
+    return (f"{markdown(header, body)}\n\nEfficientNet-Lite0 {t['stage']}, {t['minutes']:g} minutes of training passes "
+            f"each, the 900 training photos, scored on the 100 val photos, one seed; {src['machine']}, {src['date']}. "
+            f"Reproduce: `{src['command']}`.")
+
+
 GPU_RUNS = [  # (label, file): summary.json where the run finished, metrics.csv where it was cut
     ("stage1, batch 16, lr 1e-3 (the CPU recipe)", f"{RESULTS}/gpu-h200-stride4-batch16-summary.json"),
     ("stage1, the GPU defaults", f"{RESULTS}/gpu-h200-stride4-batch256-metrics.csv"),
@@ -341,6 +362,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "probe-findings": table_probe_findings,
     "semantics": table_semantics,
     "refine-judge": table_refine_judge,
+    "semantic-screen": table_semantic_screen,
 }
 
 

