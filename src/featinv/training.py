@@ -578,7 +578,8 @@ class Trainer:
         try:
             with autocast(self.precision, self.device):
                 feats = self.features(x, index)
-                parts = self.loss_fn(self.step_decoder(feats), x, feats)  # pixel terms in float32
+                given = {"features": feats} if self.loss_fn.feature is not None else {}  # feature consistency reuses them
+                parts = self.loss_fn(self.step_decoder(feats), x, **given)  # pixel terms in float32
             s.opt.zero_grad(set_to_none=True)
             s.scaler.scale(parts["loss"]).backward()
         except (MemoryError, RuntimeError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
