@@ -69,6 +69,11 @@ def test_the_prior_decoder_trains_rebuilds_and_keeps_the_prior_out_of_its_files(
     y = dec({"layer3": torch.randn(2, 1024, 14, 14)})
     assert y.shape == (2, 3, 224, 224) and 0 <= y.min() and y.max() <= 1
     assert not any(k.startswith("_prior") for k in dec.state_dict())
+    two = build_decoder("prior", {"s1": (24, 56, 56), "s4": (320, 7, 7)}, 224, width=16, max_width=64, blocks=1,
+                        prior_weights=str(PRIOR))
+    with torch.no_grad():  # the output follows the finest map, at full size and for a 128 crop
+        assert two({"s1": torch.randn(1, 24, 56, 56), "s4": torch.randn(1, 320, 7, 7)}).shape == (1, 3, 224, 224)
+        assert two({"s1": torch.randn(1, 24, 32, 32), "s4": torch.randn(1, 320, 4, 4)}).shape == (1, 3, 128, 128)
     assert all(not p.requires_grad for p in dec._prior[0].parameters()) and count_parameters(dec) < 1e6
 
     cfg = tiny_config(samples / "train", samples / "val", epochs=1)

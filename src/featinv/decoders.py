@@ -346,7 +346,7 @@ class PriorDecoder(nn.Module):
     head only has to say where to place what.
 
     The head is a :class:`LadderDecoder` that stops at the latent stride (8) with 32 latent
-    channels instead of an RGB image (a stride-4 tap is pooled to it). The autoencoder's decoder
+    channels instead of an RGB image (a stride-4 tap's path is resized down to it). The autoencoder's decoder
     is held outside the module's parameters, so its weights are neither trained nor written into
     ``decoder.safetensors``: ``prior_weights`` (the folder holding ``taef2_decoder.pth``, kept in
     the decoder's spec) loads them again when the run is rebuilt."""
@@ -364,7 +364,7 @@ class PriorDecoder(nn.Module):
         c = self.head.out[0].in_channels
         self.head.out = nn.Conv2d(c, LATENT_CHANNELS, 3, padding=1)
         self.latent_size = latent_size
-        self.scale = image_size / min(s[1] for s in shapes.values())
+        self.scale = image_size / max(s[1] for s in shapes.values())  # the finest tap's stride
         self._prior = [load_part("decoder", prior_weights).eval().requires_grad_(False)]
 
     def _apply(self, fn: Any, recurse: bool = True) -> "PriorDecoder":
