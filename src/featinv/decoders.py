@@ -363,7 +363,6 @@ class PriorDecoder(nn.Module):
         self.head = LadderDecoder(shapes, image_size=latent_size, **options)
         c = self.head.out[0].in_channels
         self.head.out = nn.Conv2d(c, LATENT_CHANNELS, 3, padding=1)
-        self.latent_size = latent_size
         self.scale = image_size / max(s[1] for s in shapes.values())  # the finest tap's stride
         self._prior = [load_part("decoder", prior_weights).eval().requires_grad_(False)]
 

@@ -17,7 +17,7 @@ measured on [0,1] center crops, per image, then averaged:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
